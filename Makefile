@@ -1,0 +1,41 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make demo   set up, write the default (random-weight) checkpoint, encode and search sample pages
+#   make test   set up, lint, run the offline CPU test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,dev]"
+	# Parity-test oracles. --no-deps: torchvision 0.28.0 is the release that pairs with torch 2.13
+	# (its CUDA-only C ops are never used; see export/_compat.py), and sauerkrautlm-colpali pins
+	# torch<2.9 in its metadata although its processor code runs fine on 2.13.
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps torchvision sauerkrautlm-colpali
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m export --target checkpoint --model random --out build/collfm2-random --force
+	$(BIN)/python -m export.demo --model build/collfm2-random
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	# pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,22 @@
+"""collfm2-edge runtime: torch-free preprocessing, encoding and MaxSim for ColLFM2.
+
+Imports only numpy, Pillow, tokenizers (and onnxruntime where graphs run); a test proves that it
+imports with torch blocked.
+"""
+
+from .config import PreprocessConfig
+from .errors import ImageError, InputError, ModelFilesError, QueryError, UserError
+from .processor import ColLFM2Processor
+from .scoring import score
+
+__all__ = [
+    "ColLFM2Processor",
+    "PreprocessConfig",
+    "score",
+    "UserError",
+    "InputError",
+    "ImageError",
+    "QueryError",
+    "ModelFilesError",
+]
+__version__ = "0.1.0"
