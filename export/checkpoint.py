@@ -289,7 +289,10 @@ def load_checkpoint(
     else:
         raise ModelFilesError(f"{path}: no model.safetensors (nor collfm2_projection.pt)")
     model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(model, str(path), source, random_weights=False, notes=notes)
+    random_weights = bool((cfg.get("collfm2_edge") or {}).get("random_weights", False))
+    if random_weights:
+        notes.append(f"RANDOM WEIGHTS (written from preset {cfg['collfm2_edge'].get('preset')!r})")
+    return LoadedModel(model, str(path), source, random_weights=random_weights, notes=notes)
 
 
 def _reinit_buffers(model: ColLFM2Reference) -> None:
@@ -366,6 +369,7 @@ def save_checkpoint(
     tokenizer_dir: str | Path | None = None,
     use_thumbnail: bool = True,
     overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a published-layout checkpoint (bf16 safetensors + processor files).
 
@@ -394,6 +398,10 @@ def save_checkpoint(
             "dim": HEAD_DIM,
             "torch_dtype": "bfloat16",
         }
+        if provenance:
+            # Upstream reads only model_type and base_model; this extra section lets every later
+            # step say plainly that the weights are random.
+            config["collfm2_edge"] = provenance
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if tokenizer_dir is not None:
             for name in (
@@ -411,6 +419,10 @@ def save_checkpoint(
             (tmp / "processor_config.json").write_text(
                 json.dumps({"processor_class": "Lfm2VlProcessor"}, indent=2) + "\n", encoding="utf-8"
             )
+        # mkdtemp makes a private dir; a checkpoint is meant to be shared like any model dir.
+        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -27,6 +27,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import Lfm2VlConfig  # noqa: E402
 from transformers.models.lfm2_vl.modeling_lfm2_vl import Lfm2VlModel  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+# LFM2's short conv warns once per process that the optional CUDA `causal_conv1d` kernel is
+# missing and it uses the PyTorch implementation. That implementation is the one we want as the
+# reference (reference doc section 6.5), so the warning is noise here.
+hf_logging.get_logger("transformers.integrations.hub_kernels").setLevel(hf_logging.ERROR)
 
 __all__ = ["ColLFM2Reference", "pick_device", "HEAD_DIM", "build_config"]
 

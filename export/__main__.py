@@ -1,0 +1,133 @@
+"""``python -m export``: a thin CLI over small steps (load -> write).
+
+Targets so far: ``checkpoint`` writes a preset (or re-writes a checkpoint) in the published
+ColLFM2 layout. The ONNX and TensorRT targets build on the same load step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from runtime.errors import UserError
+
+from .presets import DEFAULT_PRESET, PRESETS
+
+TARGETS = ("checkpoint",)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything one run will do, decided before any work starts."""
+
+    target: str
+    model: str
+    out: str
+    base: str | None
+    vision_keys: str
+    use_thumbnail: bool
+    force: bool
+
+    @property
+    def is_preset(self) -> bool:
+        return self.model in PRESETS and not Path(self.model).is_dir()
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig, bool]:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", choices=TARGETS, required=True, help="what to produce")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_PRESET,
+        help=f"a preset ({', '.join(sorted(PRESETS))}; random weights) or a ColLFM2 checkpoint directory "
+        f"(default: {DEFAULT_PRESET})",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--base", help="local LFM2-VL base directory (architecture, and base weights if needed)")
+    p.add_argument(
+        "--vision-keys",
+        choices=("4.57", "5.x"),
+        default="4.57",
+        help="vision tensor naming to write: 4.57 (vision_model.*, as published) or 5.x",
+    )
+    p.add_argument("--no-thumbnail", action="store_true", help="presets: write use_thumbnail=false")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    a = p.parse_args(argv)
+    cfg = ExportConfig(a.target, a.model, a.out, a.base, a.vision_keys, not a.no_thumbnail, a.force)
+    return cfg, a.dry_run
+
+
+def plan(cfg: ExportConfig) -> list[str]:
+    source = f"preset '{cfg.model}' ({PRESETS[cfg.model].description})" if cfg.is_preset else f"checkpoint {cfg.model}"
+    steps = [f"load   {source}"]
+    if cfg.base:
+        steps.append(f"base   {cfg.base}")
+    steps.append(f"write  {cfg.out} (published ColLFM2 layout, bf16, vision keys {cfg.vision_keys})")
+    return steps
+
+
+def run(cfg: ExportConfig) -> Path:
+    from .checkpoint import load_model, save_checkpoint
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise UserError(f"{out} already exists; pass --force to replace it")
+    t0 = time.perf_counter()
+    _step(f"loading {cfg.model} ...")
+    loaded = load_model(cfg.model, base=cfg.base)
+    _step(f"loaded in {time.perf_counter() - t0:.1f}s; " + "; ".join(loaded.notes))
+    if loaded.random_weights:
+        _step("WARNING: RANDOM WEIGHTS. This checkpoint has the real architecture but no trained weights;")
+        _step("         its embeddings and rankings are meaningless. Use it to test the pipeline, not to search.")
+    t1 = time.perf_counter()
+    _step(f"writing {out} ...")
+    base_model = PRESETS[cfg.model].base_model if cfg.is_preset else _base_model_of(Path(cfg.model))
+    save_checkpoint(
+        loaded.model,
+        out,
+        base_model=base_model,
+        vision_keys=cfg.vision_keys,
+        tokenizer_dir=None if cfg.is_preset else cfg.model,
+        use_thumbnail=cfg.use_thumbnail,
+        overwrite=True,
+        provenance={"preset": cfg.model, "random_weights": True} if cfg.is_preset else None,
+    )
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    _step(f"wrote {out} ({size:.0f} MB) in {time.perf_counter() - t1:.1f}s")
+    return out
+
+
+def _base_model_of(path: Path) -> str:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("base_model", "LiquidAI/LFM2-VL-450M")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}/config.json: cannot read ({exc})") from exc
+
+
+def _step(msg: str) -> None:
+    print(f"[export] {msg}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, dry_run = parse_args(argv)
+    if dry_run:
+        print(json.dumps(asdict(cfg), indent=2))
+        for line in plan(cfg):
+            print(f"  {line}")
+        print("(dry run: nothing written)")
+        return 0
+    try:
+        run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
