@@ -50,9 +50,9 @@ __all__ = [
     "build_preset",
     "load_checkpoint",
     "load_model",
+    "normalize_key",
     "resolve_base",
     "save_checkpoint",
-    "normalize_key",
 ]
 
 _VISION_457 = "model.vision_tower.vision_model."
@@ -95,11 +95,13 @@ def _config_in_dir(path: Path) -> dict[str, Any] | None:
 def _hf_cache_dir(repo_id: str) -> Path | None:
     """The newest cached snapshot of ``repo_id`` holding a config.json, without network."""
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import constants, try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         return None
+    # Read the cache location now, not at huggingface_hub's import, so HF_HUB_CACHE set later counts.
+    cache_dir = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
     try:
-        found = try_to_load_from_cache(repo_id, "config.json")
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
     except Exception:  # a malformed repo id; the cache simply has nothing for it
         return None
     if isinstance(found, str) and os.path.isfile(found):
@@ -301,7 +303,7 @@ def _reinit_buffers(model: ColLFM2Reference) -> None:
     They are not in checkpoints; rebuilding the small module that owns them on CPU is the one
     way that stays right whatever RoPE variant the config picks.
     """
-    for name, module in list(model.named_modules()):
+    for _name, module in list(model.named_modules()):
         if "inv_freq" in dict(module.named_buffers(recurse=False)):
             fresh = type(module)(module.config)
             for buf_name, buf in fresh.named_buffers(recurse=False):
@@ -430,5 +432,3 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-

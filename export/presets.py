@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "BASE_CONFIG_DIR", "shipped_base_config", "DEFAULT_PRESET"]
+__all__ = ["BASE_CONFIG_DIR", "DEFAULT_PRESET", "PRESETS", "Preset", "shipped_base_config"]
 
 BASE_CONFIG_DIR = Path(__file__).parent / "base_configs"
 DEFAULT_PRESET = "random"

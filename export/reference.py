@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 # reference (reference doc section 6.5), so the warning is noise here.
 hf_logging.get_logger("transformers.integrations.hub_kernels").setLevel(hf_logging.ERROR)
 
-__all__ = ["ColLFM2Reference", "pick_device", "HEAD_DIM", "build_config"]
+__all__ = ["HEAD_DIM", "ColLFM2Reference", "build_config", "pick_device"]
 
 HEAD_DIM = 128  # upstream hard-codes dim = 128 and ignores config.json's "dim"
 
@@ -90,7 +90,9 @@ class ColLFM2Reference(nn.Module):
                 pixel_attention_mask=pixel_attention_mask,
                 spatial_shapes=spatial_shapes,
             )
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True, **kwargs)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True, **kwargs
+        )
         proj = self.custom_text_proj(out.last_hidden_state)
         proj = proj / proj.norm(dim=-1, keepdim=True)
         keep = attention_mask[..., None].to(proj.dtype)

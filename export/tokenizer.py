@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-__all__ = ["build_synthetic_tokenizer", "write_tokenizer_files", "SPECIAL_IDS", "tile_label_id"]
+__all__ = ["SPECIAL_IDS", "build_synthetic_tokenizer", "tile_label_id", "write_tokenizer_files"]
 
 SPECIAL_IDS = {
     "<|pad|>": 0,
@@ -76,7 +76,7 @@ def build_synthetic_tokenizer() -> Tokenizer:
     byte_map = pre_tokenizers.ByteLevel.alphabet()
     for i, ch in enumerate(sorted(byte_map)):
         vocab[ch] = _FIRST_BYTE_ID + i
-    to_bytes = {b: ch for b, ch in zip(range(256), _bytes_to_unicode())}
+    to_bytes = {b: ch for b, ch in zip(range(256), _bytes_to_unicode(), strict=True)}
     merges: list[tuple[str, str]] = []
     for word in _WORDS:
         symbols = [to_bytes[b] for b in word.encode("utf-8")]
@@ -109,7 +109,7 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    table = dict(zip(bs, cs))
+    table = dict(zip(bs, cs, strict=True))
     return [chr(table[b]) for b in range(256)]
 
 

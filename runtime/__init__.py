@@ -11,12 +11,12 @@ from .scoring import score
 
 __all__ = [
     "ColLFM2Processor",
-    "PreprocessConfig",
-    "score",
-    "UserError",
-    "InputError",
     "ImageError",
-    "QueryError",
+    "InputError",
     "ModelFilesError",
+    "PreprocessConfig",
+    "QueryError",
+    "UserError",
+    "score",
 ]
 __version__ = "0.1.0"

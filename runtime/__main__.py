@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             "units": len(plan.unit_sizes),
             "spatial_shapes": page.spatial_shapes.tolist(),
             "image_tokens": plan.num_image_tokens,
-            "sequence_length": int(len(page.input_ids)),
+            "sequence_length": len(page.input_ids),
         }
         results.append(row)
         if args.json:

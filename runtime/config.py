@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ModelFilesError
 
-__all__ = ["PreprocessConfig", "TILE_LABEL_ORDERS", "DECODE_MODES"]
+__all__ = ["DECODE_MODES", "TILE_LABEL_ORDERS", "PreprocessConfig"]
 
 # PIL resampling enum value for BILINEAR; the only filter whose torch uint8 kernel we port.
 _BILINEAR = 2

@@ -7,7 +7,7 @@ escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InputError", "ImageError", "QueryError", "ModelFilesError"]
+__all__ = ["ImageError", "InputError", "ModelFilesError", "QueryError", "UserError"]
 
 
 class UserError(Exception):

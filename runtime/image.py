@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,18 +23,18 @@ from .errors import ImageError
 from .resize import resize_uint8
 
 __all__ = [
-    "ImageSource",
+    "MAX_IMAGE_PIXELS",
     "ImagePlan",
+    "ImageSource",
     "decode_image",
-    "plan_image",
     "make_units",
     "normalize_patchify",
+    "plan_image",
     "position_weights",
     "unshuffle_index",
-    "MAX_IMAGE_PIXELS",
 ]
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # Refuse to decode more pixels than this (Pillow's own hard limit is 2x its warning limit,
 # ~179 Mpx). An A3 page scanned at 600 dpi is ~70 Mpx; past this it is a bomb or a mistake.
@@ -67,10 +66,7 @@ def decode_image(source: ImageSource, mode: str = "corrected") -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # "Palette images with Transparency ..."
             _check_size(image, name)
-            if mode == "upstream":
-                rgb = image.convert("RGB")
-            else:
-                rgb = _corrected_rgb(image)
+            rgb = image.convert("RGB") if mode == "upstream" else _corrected_rgb(image)
             array = np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise
@@ -271,9 +267,8 @@ def _closest_grid(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, 
         if diff < best_diff:
             best_diff = diff
             best = ratio
-        elif diff == best_diff:
-            if area > 0.5 * cfg.tile_size * cfg.tile_size * ratio[0] * ratio[1]:
-                best = ratio
+        elif diff == best_diff and area > 0.5 * cfg.tile_size * cfg.tile_size * ratio[0] * ratio[1]:
+            best = ratio
     return best
 
 

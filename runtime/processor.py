@@ -124,7 +124,7 @@ class ColLFM2Processor:
     # -- scoring -------------------------------------------------------------------------
 
     @staticmethod
-    def score(query_embeddings, doc_embeddings, mode: str = "exact") -> np.ndarray:  # noqa: ANN001
+    def score(query_embeddings, doc_embeddings, mode: str = "exact") -> np.ndarray:
         """MaxSim [n_queries, n_docs]; see :func:`runtime.scoring.score`."""
         return _score(query_embeddings, doc_embeddings, mode=mode)
 

@@ -49,7 +49,7 @@ def axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, i
     scale = in_size / out_size
     support = scale if scale >= 1.0 else 1.0
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    k = int(math.ceil(support)) * 2 + 1
+    k = math.ceil(support) * 2 + 1
 
     xmins = np.zeros(out_size, dtype=np.int64)
     weights = np.zeros((out_size, k), dtype=np.float64)

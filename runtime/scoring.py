@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["score", "as_item_list"]
+__all__ = ["as_item_list", "score"]
 
 ArrayOrList = np.ndarray | Sequence[np.ndarray]
 

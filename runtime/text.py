@@ -3,7 +3,10 @@
 Documents (reference doc section 4) use the upstream visual prompt with no BOS, and each
 ``<image>`` expanded per unit::
 
-    <|im_start|>user\\n<|image_start|>[<|img_row_R_col_C|><image>*256 ...][<|img_thumbnail|><image>*n]<|image_end|>Describe the image.<|im_end|>
+    <|im_start|>user\\n<|image_start|>
+        [<|img_row_R_col_C|><image>*256 ...][<|img_thumbnail|><image>*n]   (tiled)
+        or <image>*n                                                       (single unit)
+    <|image_end|>Describe the image.<|im_end|>
 
 Queries are ``tokenizer(text)`` with special tokens (BOS) and left padding, as upstream's
 ``process_queries``. Added special tokens split the text before the model sees it, so the ids of
@@ -23,7 +26,7 @@ from tokenizers import Tokenizer
 from .errors import ModelFilesError, QueryError
 from .image import ImagePlan
 
-__all__ = ["TextTokenizer", "SPECIAL_TOKENS", "VISUAL_PROMPT", "MAX_QUERY_TOKENS"]
+__all__ = ["MAX_QUERY_TOKENS", "SPECIAL_TOKENS", "VISUAL_PROMPT", "TextTokenizer"]
 
 VISUAL_PROMPT = "<|im_start|>user\n<image>Describe the image.<|im_end|>"
 # Upstream passes max_length=2048 without truncation, i.e. it meant queries to stay below this.
@@ -107,7 +110,9 @@ class TextTokenizer:
         if plan.tiled and (plan.grid_rows > 1 or plan.grid_cols > 1):
             # transformers 4.57 swapped rows and cols when labelling; 5.x fixed it. Same pixels,
             # same tile order; only the label tokens differ (reference doc section 0).
-            rows, cols = (plan.grid_rows, plan.grid_cols) if self.tile_labels == "5.x" else (plan.grid_cols, plan.grid_rows)
+            rows, cols = (
+                (plan.grid_rows, plan.grid_cols) if self.tile_labels == "5.x" else (plan.grid_cols, plan.grid_rows)
+            )
             per_tile = plan.tokens_per_tile
             for r in range(rows):
                 for c in range(cols):

@@ -31,7 +31,7 @@ def _sizes(n: int, seed: int) -> list[tuple[int, int]]:
     sizes = [(16, 16), (4000, 4000), (4000, 16), (16, 4000), (512, 512), (1754, 1240), (1240, 1754),
              (842, 595), (792, 612), (480, 640), (100, 100), (1024, 1024), (700, 2100), (2100, 700)]  # fmt: skip
     while len(sizes) < n:
-        h, w = (int(round(math.exp(x))) for x in rng.uniform(math.log(16), math.log(4000), 2))
+        h, w = (round(math.exp(x)) for x in rng.uniform(math.log(16), math.log(4000), 2))
         if h * w <= 6_000_000:  # keep the suite quick; the 4000x4000 case above covers the top end
             sizes.append((h, w))
     return sizes

@@ -1,0 +1,30 @@
+"""The runtime stays light: it imports and preprocesses with torch (and transformers) unavailable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import sys
+for name in ("torch", "transformers", "torchvision", "safetensors", "onnx"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+import numpy as np
+import runtime
+from runtime import ColLFM2Processor, score
+proc = ColLFM2Processor.from_pretrained(sys.argv[1])
+out = proc.process_images([np.zeros((700, 900, 3), np.uint8)])
+q = proc.process_queries(["hello"])
+assert out["pixel_values"].shape[1:] == (1024, 768)
+assert score([np.ones((2, 128), np.float32)], [np.ones((3, 128), np.float32)])[0, 0] == 256
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") and sys.modules[m] is not None)
+assert not heavy, heavy
+print("ok")
+"""
+
+
+def test_runtime_imports_and_runs_without_torch(tiny_ckpt: Path) -> None:
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_ckpt)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
