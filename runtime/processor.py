@@ -132,6 +132,15 @@ class ColLFM2Processor:
 def collate_pages(pages: Sequence[ProcessedPage]) -> dict[str, np.ndarray]:
     """Upstream's collation: ids right-padded with 0, pixel arrays concatenated over units."""
     ids, mask = pad_batch([p.input_ids for p in pages], 0, side="right")
+    if len(pages) == 1:  # skip a copy of ~3 MB per unit
+        page = pages[0]
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "pixel_values": page.pixel_values,
+            "pixel_attention_mask": page.pixel_attention_mask,
+            "spatial_shapes": page.spatial_shapes,
+        }
     return {
         "input_ids": ids,
         "attention_mask": mask,

@@ -17,10 +17,11 @@ few percent of values; hence this port. Section numbers refer to
 * ``out = clamp((2^(prec-1) + sum src*W) >> prec, 0, 255)`` (section 6).
 
 Speed: the integer sums are evaluated as banded matrix products in floating point, which BLAS
-runs near peak. That is exact, not approximate: every product and partial sum is a non-negative
-integer, and we pick float32 only when the largest possible sum stays below 2^24 (else float64,
-exact below 2^53), so no rounding can happen in any summation order. ``>> prec`` becomes a
-multiply by the exact power of two ``2^-prec`` followed by ``floor``.
+runs near peak; the source is laid out [W, C*H] first so the horizontal pass reads whole rows.
+That is exact, not approximate: every product and partial sum is a non-negative integer (times
+a power of two), and we pick float32 only when the largest possible sum stays below 2^24 (else
+float64, exact below 2^53), so no rounding can happen in any summation order. ``>> prec``
+becomes a scaling by the exact power of two ``2^-prec`` (folded into the weights) and a floor.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["axis_weights", "resize_uint8"]
+__all__ = ["axis_weights", "resize_uint8", "resize_uint8_many", "resize_values_many"]
 
 # Output rows per band: small enough that the band's input window stays narrow (few zero taps),
 # large enough that each BLAS call has work to do. 16-64 measure the same on AVX2.
-_BAND = 32
-# Rows of the source converted to float at a time in the horizontal pass, to bound memory on
-# huge scans (a 12000x12000 page would otherwise need 1.7 GB of float32).
-_CHUNK_ELEMS = 1 << 22
+_BAND = 16
+# Sources with more values than this are converted to float a band of rows at a time, to bound
+# memory on huge scans (a 12000x12000 page would otherwise need 1.7 GB of float32 at once).
+_CHUNK_ELEMS = 1 << 24
+# Source rows per block when transposing to the horizontal pass' layout.
+_TRANSPOSE_ROWS = 512
 
 
 @lru_cache(maxsize=512)
@@ -81,8 +84,12 @@ def axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, i
 
 
 @lru_cache(maxsize=512)
-def _band_plan(in_size: int, out_size: int) -> tuple[tuple, float, type]:
-    """Split the [out, in] weight matrix into dense row bands ``(o0, o1, lo, hi, W_band)``."""
+def _band_plan(in_size: int, out_size: int) -> tuple[tuple, type, bool]:
+    """Split the [out, in] weight matrix into dense row bands ``(o0, o1, lo, hi, W_band)``.
+
+    Band weights are pre-scaled by ``2^-prec`` (an exponent shift, so still exact) so the matrix
+    product yields ``sum * 2^-prec`` directly.
+    """
     xmins, w_int, prec = axis_weights(in_size, out_size)
     k = w_int.shape[1]
     live = w_int != 0
@@ -91,6 +98,10 @@ def _band_plan(in_size: int, out_size: int) -> tuple[tuple, float, type]:
     # Largest accumulator value: 255 * (row weight sum) + the rounding half.
     bound = 255 * int(w_int.sum(1).max()) + (1 << (prec - 1))
     dtype = np.float32 if bound < (1 << 24) else np.float64
+    # The uint8 saturation can only bite if rounded weights sum past 2^prec by enough; skip the
+    # clamp pass when no input can reach 256.
+    needs_clamp = bound >= (256 << prec)
+    scale = 2.0**-prec
     bands = []
     for o0 in range(0, out_size, _BAND):
         o1 = min(o0 + _BAND, out_size)
@@ -101,29 +112,45 @@ def _band_plan(in_size: int, out_size: int) -> tuple[tuple, float, type]:
         cols = (xmins[o0:o1, None] + np.arange(k)[None, :] - lo).ravel()
         vals = w_int[o0:o1].ravel()
         keep = vals != 0
-        band[rows[keep], cols[keep]] = vals[keep]
+        band[rows[keep], cols[keep]] = vals[keep] * scale
         bands.append((o0, o1, lo, hi, band))
-    return tuple(bands), float(2.0**-prec), dtype
+    return tuple(bands), dtype, needs_clamp
 
 
-def _pass(x: np.ndarray, out_size: int, out: np.ndarray) -> None:
-    """Resample the last axis of ``x`` [N, in] into ``out`` [out_size, N] (note: transposed).
+def _pass(x: np.ndarray, out_size: int, out: np.ndarray, axis: int) -> np.ndarray:
+    """Resample ``x`` along ``axis`` into ``out`` [out_size, N], integral uint8 values as floats.
 
-    Producing the transpose lets the next pass read its axis as the last one again, and after
-    two passes the result lands in H, W, C order with no extra copy.
+    ``axis=0``: ``x`` is [in, N] and each band reads contiguous rows (a plain NN product).
+    ``axis=1``: ``x`` is [N, in]; the result is the transpose, so a second pass can read its own
+    axis last and the two passes end in H, W, C order without a transposition copy.
     """
-    bands, inv, dtype = _band_plan(x.shape[1], out_size)
+    in_size = x.shape[axis]
+    bands, dtype, needs_clamp = _band_plan(in_size, out_size)
     x = x.astype(dtype, copy=False)
     acc = out if out.dtype == dtype else np.empty(out.shape, dtype=dtype)
     for o0, o1, lo, hi, band in bands:
-        np.matmul(band, x[:, lo:hi].T, out=acc[o0:o1])
-    # (acc + 2^(prec-1)) >> prec  ==  floor(acc * 2^-prec + 0.5), exactly, for these magnitudes.
-    acc *= inv
+        np.matmul(band, x[lo:hi] if axis == 0 else x[:, lo:hi].T, out=acc[o0:o1])
+    # (sum + 2^(prec-1)) >> prec == floor(sum * 2^-prec + 0.5), exactly, at these magnitudes.
     acc += 0.5
     np.floor(acc, out=acc)
-    np.minimum(acc, 255, out=acc)
+    if needs_clamp:
+        np.minimum(acc, 255.0, out=acc)
     if acc is not out:
         out[...] = acc
+    return out
+
+
+def _to_wch(image: np.ndarray) -> np.ndarray:
+    """H x W x C uint8 -> float32 [W, C*H]: the horizontal pass then reads whole rows.
+
+    Copied in blocks of rows so the strided reads stay in cache (a plain transposed copy is
+    several times slower).
+    """
+    h, w, c = image.shape
+    out = np.empty((w, c, h), dtype=np.float32)
+    for h0 in range(0, h, _TRANSPOSE_ROWS):
+        np.copyto(out[:, :, h0 : h0 + _TRANSPOSE_ROWS], image[h0 : h0 + _TRANSPOSE_ROWS].transpose(1, 2, 0))
+    return out.reshape(w, c * h)
 
 
 def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -132,32 +159,56 @@ def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
     An unchanged size returns the input itself (torchvision does the same), and a pass whose axis
     keeps its size is skipped, not filtered.
     """
+    return resize_uint8_many(image, [(height, width)])[0]
+
+
+def resize_uint8_many(image: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Several resizes of one image (tiles and thumbnail), sharing its float conversion."""
+    return [r if r.dtype == np.uint8 else r.astype(np.uint8) for r in resize_values_many(image, sizes)]
+
+
+def resize_values_many(image: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Like :func:`resize_uint8_many`, but a resized result comes back as float32 holding the
+    exact uint8 values (0..255, integral). The normaliser reads those directly, which saves a
+    cast to uint8 and back; an unchanged size still returns the uint8 input itself."""
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"resize_uint8 expects an HxWxC uint8 array, got {image.dtype} {image.shape}")
-    if height < 1 or width < 1:
-        raise ValueError(f"target size must be positive, got {height}x{width}")
+    for height, width in sizes:
+        if height < 1 or width < 1:
+            raise ValueError(f"target size must be positive, got {height}x{width}")
     in_h, in_w, c = image.shape
-    if (in_h, in_w) == (height, width):
-        return image
-
-    # z[(w', c), h]: the horizontally resampled image, laid out so the vertical pass reads its
-    # axis last. Filled in row chunks to bound the float copy of a huge source.
-    z = np.empty((width, c, in_h), dtype=np.float32)
-    rows = max(1, _CHUNK_ELEMS // max(1, in_w * c))
-    for h0 in range(0, in_h, rows):
-        h1 = min(in_h, h0 + rows)
-        planar = image[h0:h1].transpose(2, 0, 1).copy().astype(np.float32)  # [c, hc, w]
-        planar = planar.reshape(c * (h1 - h0), in_w)
-        if width != in_w:
-            part = np.empty((width, c * (h1 - h0)), dtype=np.float32)
-            _pass(planar, width, part)
+    chunked = in_h * in_w * c > _CHUNK_ELEMS
+    source = None if chunked else _to_wch(image)
+    outs = []
+    for height, width in sizes:
+        if (in_h, in_w) == (height, width):
+            outs.append(image)
+            continue
+        # z[w', c, h]: the horizontally resampled image, laid out so the vertical pass reads its
+        # axis last.
+        z = np.empty((width, c, in_h), dtype=np.float32)
+        if not chunked:
+            _horizontal(source, width, z.reshape(width, c * in_h))
         else:
-            part = planar.T
-        z[:, :, h0:h1] = part.reshape(width, c, h1 - h0)
-    z2 = z.reshape(width * c, in_h)
-    if height != in_h:
-        out = np.empty((height, width * c), dtype=np.float32)
-        _pass(z2, height, out)
+            # Huge scans: convert and filter a band of rows at a time to bound the float copy.
+            rows = max(1, _CHUNK_ELEMS // (in_w * c))
+            for h0 in range(0, in_h, rows):
+                h1 = min(in_h, h0 + rows)
+                part = np.empty((width, c * (h1 - h0)), dtype=np.float32)
+                _horizontal(_to_wch(image[h0:h1]), width, part)
+                z[:, :, h0:h1] = part.reshape(width, c, h1 - h0)
+        z2 = z.reshape(width * c, in_h)
+        if height != in_h:
+            out = _pass(z2, height, np.empty((height, width * c), dtype=np.float32), axis=1)
+        else:
+            out = np.ascontiguousarray(z2.T)
+        outs.append(out.reshape(height, width, c))
+    return outs
+
+
+def _horizontal(source: np.ndarray, width: int, out: np.ndarray) -> None:
+    """[W, C*H] -> out [W', C*H]; a copy when the width does not change."""
+    if width != source.shape[0]:
+        _pass(source, width, out, axis=0)
     else:
-        out = z2.T
-    return out.reshape(height, width, c).astype(np.uint8)
+        out[...] = source
