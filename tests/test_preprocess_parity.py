@@ -135,3 +135,26 @@ def test_thumbnail_override_matches_transformers_kwarg(tiny_ckpt: Path, hf_proce
     got = ColLFM2Processor.from_pretrained(tiny_ckpt, decode="upstream", use_thumbnail=False).process_images([img])
     for key in KEYS:
         np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+
+
+def test_custom_preprocessor_config_is_honoured(tmp_path: Path, tiny_ckpt: Path) -> None:
+    """Token limits, tiling limits and tolerance come from preprocessor_config.json, as upstream."""
+    import json
+    import shutil
+
+    from transformers import AutoProcessor
+
+    ck = tmp_path / "custom"
+    shutil.copytree(tiny_ckpt, ck)
+    cfg = json.loads((ck / "preprocessor_config.json").read_text())
+    cfg.update(min_image_tokens=32, max_image_tokens=128, max_tiles=4, max_pixels_tolerance=1.5)
+    (ck / "preprocessor_config.json").write_text(json.dumps(cfg))
+    hf = AutoProcessor.from_pretrained(ck)
+    ours = ColLFM2Processor.from_pretrained(ck, decode="upstream")
+    assert ours.config.max_image_tokens == 128 and ours.config.max_num_patches == 1024
+    for i, (h, w) in enumerate([(90, 60), (512, 512), (600, 900), (1754, 1240), (3000, 500)]):
+        img = _image(h, w, seed=i)
+        ref = hf(text=PROMPT, images=img, return_tensors="np")
+        got = ours.process_images([img])
+        for key in KEYS:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key} {w}x{h}")

@@ -193,3 +193,24 @@ def test_left_padded_batch_equals_single(tiny_ckpt: Path) -> None:
     for i, q in enumerate(queries):
         alone = model.encode(proc.process_queries([q]))[0]
         np.testing.assert_allclose(together[i], alone, atol=2e-5)
+
+
+def test_bf16_path_tracks_fp32(tiny_ckpt: Path) -> None:
+    """The dtype the reference uses on CUDA, exercised on CPU with the tiny model."""
+    fp32 = load_checkpoint(tiny_ckpt).model
+    bf16 = load_checkpoint(tiny_ckpt, dtype=torch.bfloat16).model
+    batch = ColLFM2Processor.from_pretrained(tiny_ckpt).process_images([np.zeros((300, 400, 3), np.uint8)])
+    a, b = fp32.encode(batch)[0], bf16.encode(batch)[0]
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert cos.min() > 0.95
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(tiny_ckpt: Path, dtype) -> None:
+    cpu = load_checkpoint(tiny_ckpt).model
+    gpu = load_checkpoint(tiny_ckpt, device="cuda", dtype=dtype).model
+    batch = _batch(tiny_ckpt)
+    for a, b in zip(cpu.encode(batch), gpu.encode(batch), strict=True):
+        cos = (a * b).sum(-1)  # both unit rows
+        assert cos.min() > (0.999 if dtype == torch.float32 else 0.95)
