@@ -48,9 +48,19 @@ def test_disk_checkpoint_equals_in_memory_model(tmp_path: Path, vision_keys: str
     assert any(k.startswith("model.vision_tower.vision_model.") for k in keys) == (vision_keys == "4.57")
     assert all(v.dtype == torch.bfloat16 for v in load_file(str(ckpt / "model.safetensors")).values())
     disk = load_checkpoint(ckpt)
+    _assert_same_weights(mem.model, disk.model)  # bf16-rounded preset: the round trip is lossless
     batch = _batch(ckpt)
     for a, b in zip(mem.model.encode(batch), disk.model.encode(batch), strict=True):
-        np.testing.assert_array_equal(a, b)  # bf16-rounded preset: the round trip is lossless
+        # Same weights, same maths; only kernel-level float non-determinism (tensor alignment,
+        # thread split of reductions) may move the last bits.
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def _assert_same_weights(a, b) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
 
 
 def test_dropped_vision_key_is_an_error_listing_it(tmp_path: Path, tiny_ckpt: Path) -> None:
@@ -155,9 +165,7 @@ def test_head_only_projection_pt(tmp_path: Path, tiny_ckpt: Path) -> None:
     with pytest.raises(ModelFilesError, match="base weights"):
         load_checkpoint(ck)  # the shipped config has no weights
     loaded = load_checkpoint(ck, base=base).model
-    batch = _batch(tiny_ckpt)
-    for a, b in zip(full.encode(batch), loaded.encode(batch), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _assert_same_weights(full, loaded)
 
 
 def test_projection_pt_pickle_with_code_is_refused(tmp_path: Path, tiny_ckpt: Path) -> None:
