@@ -310,13 +310,14 @@ def make_units(image: np.ndarray, plan: ImagePlan) -> list[np.ndarray]:
     """Resize and cut ``image`` (H x W x 3 uint8) into the plan's units, in order.
 
     Units hold uint8 values: as a uint8 array when no resize was needed, else as integral
-    float32 (see ``resize_values_many``); ``normalize_patchify`` takes either.
+    float32 (see ``resize_values_many``); ``normalize_patchify`` takes either. Resized units live
+    in per-thread scratch buffers: consume them before the next call in the same thread.
     """
     if not plan.tiled:
-        return resize_values_many(image, [plan.resized])
+        return resize_values_many(image, [plan.resized], reuse_output=True)
     size = plan.tile_size
     sizes = [(size * plan.grid_rows, size * plan.grid_cols)] + ([plan.resized] if plan.thumbnail else [])
-    resized = resize_values_many(image, sizes)
+    resized = resize_values_many(image, sizes, reuse_output=True)
     big = resized[0]
     units = [
         big[r * size : (r + 1) * size, c * size : (c + 1) * size]

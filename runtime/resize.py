@@ -27,11 +27,12 @@ becomes a scaling by the exact power of two ``2^-prec`` (folded into the weights
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["axis_weights", "resize_uint8", "resize_uint8_many", "resize_values_many"]
+__all__ = ["axis_weights", "release_scratch", "resize_uint8", "resize_uint8_many", "resize_values_many"]
 
 # Output rows per band: small enough that the band's input window stays narrow (few zero taps),
 # large enough that each BLAS call has work to do. 16-64 measure the same on AVX2.
@@ -41,6 +42,30 @@ _BAND = 16
 _CHUNK_ELEMS = 1 << 24
 # Source rows per block when transposing to the horizontal pass' layout.
 _TRANSPOSE_ROWS = 512
+# Float buffers up to this many values (32 MB) are kept per thread and reused: a fresh 20 MB
+# array costs thousands of page faults, which on a VM cost about as much as a matrix product.
+# An A4 page at 150 dpi keeps ~70 MB; the most a thread can keep is 4 slots x 32 MB.
+_SCRATCH_MAX = 1 << 23
+_scratch_local = threading.local()
+
+
+def release_scratch() -> None:
+    """Free this thread's reusable resize buffers (e.g. after a batch, on a small device)."""
+    _scratch_local.bufs = {}
+
+
+def _scratch(slot: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape`` from this thread's reusable buffer ``slot`` (uninitialised)."""
+    n = math.prod(shape)
+    if n > _SCRATCH_MAX:
+        return np.empty(shape, dtype=np.float32)
+    bufs = getattr(_scratch_local, "bufs", None)
+    if bufs is None:
+        bufs = _scratch_local.bufs = {}
+    buf = bufs.get(slot)
+    if buf is None or buf.size < n:
+        buf = bufs[slot] = np.empty(n, dtype=np.float32)
+    return buf[:n].reshape(shape)
 
 
 @lru_cache(maxsize=512)
@@ -147,7 +172,7 @@ def _to_wch(image: np.ndarray) -> np.ndarray:
     several times slower).
     """
     h, w, c = image.shape
-    out = np.empty((w, c, h), dtype=np.float32)
+    out = _scratch("source", (w, c, h))
     for h0 in range(0, h, _TRANSPOSE_ROWS):
         np.copyto(out[:, :, h0 : h0 + _TRANSPOSE_ROWS], image[h0 : h0 + _TRANSPOSE_ROWS].transpose(1, 2, 0))
     return out.reshape(w, c * h)
@@ -167,10 +192,14 @@ def resize_uint8_many(image: np.ndarray, sizes: list[tuple[int, int]]) -> list[n
     return [r if r.dtype == np.uint8 else r.astype(np.uint8) for r in resize_values_many(image, sizes)]
 
 
-def resize_values_many(image: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+def resize_values_many(image: np.ndarray, sizes: list[tuple[int, int]], reuse_output: bool = False) -> list[np.ndarray]:
     """Like :func:`resize_uint8_many`, but a resized result comes back as float32 holding the
     exact uint8 values (0..255, integral). The normaliser reads those directly, which saves a
-    cast to uint8 and back; an unchanged size still returns the uint8 input itself."""
+    cast to uint8 and back; an unchanged size still returns the uint8 input itself.
+
+    ``reuse_output=True`` returns arrays in this thread's scratch buffers: they stay valid only
+    until the next call in the same thread (the processor consumes them at once).
+    """
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"resize_uint8 expects an HxWxC uint8 array, got {image.dtype} {image.shape}")
     for height, width in sizes:
@@ -180,13 +209,13 @@ def resize_values_many(image: np.ndarray, sizes: list[tuple[int, int]]) -> list[
     chunked = in_h * in_w * c > _CHUNK_ELEMS
     source = None if chunked else _to_wch(image)
     outs = []
-    for height, width in sizes:
+    for k, (height, width) in enumerate(sizes):
         if (in_h, in_w) == (height, width):
             outs.append(image)
             continue
         # z[w', c, h]: the horizontally resampled image, laid out so the vertical pass reads its
         # axis last.
-        z = np.empty((width, c, in_h), dtype=np.float32)
+        z = _scratch("z", (width, c, in_h))
         if not chunked:
             _horizontal(source, width, z.reshape(width, c * in_h))
         else:
@@ -199,7 +228,9 @@ def resize_values_many(image: np.ndarray, sizes: list[tuple[int, int]]) -> list[
                 z[:, :, h0:h1] = part.reshape(width, c, h1 - h0)
         z2 = z.reshape(width * c, in_h)
         if height != in_h:
-            out = _pass(z2, height, np.empty((height, width * c), dtype=np.float32), axis=1)
+            shape = (height, width * c)
+            target = _scratch(f"out{k}", shape) if reuse_output else np.empty(shape, dtype=np.float32)
+            out = _pass(z2, height, target, axis=1)
         else:
             out = np.ascontiguousarray(z2.T)
         outs.append(out.reshape(height, width, c))

@@ -82,3 +82,21 @@ def test_resize_rejects_bad_arrays() -> None:
         resize_uint8(np.zeros((4, 4, 3), np.float32), 2, 2)
     with pytest.raises(ValueError):
         resize_uint8(np.zeros((4, 4, 3), np.uint8), 0, 2)
+
+
+def test_reused_buffers_do_not_leak_between_calls() -> None:
+    """Public results are fresh arrays; scratch reuse must not alias them."""
+    from runtime.resize import release_scratch, resize_values_many
+
+    rng = np.random.default_rng(9)
+    a_img = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    b_img = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    a = resize_uint8(a_img, 150, 100)
+    a_copy = a.copy()
+    resize_uint8(b_img, 150, 100)
+    np.testing.assert_array_equal(a, a_copy)
+    kept = resize_values_many(a_img, [(150, 100)])[0]
+    resize_values_many(b_img, [(150, 100)], reuse_output=True)
+    np.testing.assert_array_equal(kept, a_copy)  # not a scratch view
+    release_scratch()
+    np.testing.assert_array_equal(resize_uint8(a_img, 150, 100), a_copy)
