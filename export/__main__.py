@@ -95,11 +95,24 @@ def run(cfg: ExportConfig) -> Path:
         tokenizer_dir=None if cfg.is_preset else cfg.model,
         use_thumbnail=cfg.use_thumbnail,
         overwrite=True,
-        provenance={"preset": cfg.model, "random_weights": True} if cfg.is_preset else None,
+        # Random weights stay labelled as such through any number of re-writes.
+        provenance={"preset": _preset_of(cfg, loaded.source), "random_weights": True}
+        if loaded.random_weights
+        else None,
     )
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     _step(f"wrote {out} ({size:.0f} MB) in {time.perf_counter() - t1:.1f}s")
     return out
+
+
+def _preset_of(cfg: ExportConfig, source: str) -> str | None:
+    if cfg.is_preset:
+        return cfg.model
+    try:
+        data = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (data.get("collfm2_edge") or {}).get("preset")
 
 
 def _base_model_of(path: Path) -> str:

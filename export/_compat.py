@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 _done = False
 
@@ -27,13 +28,18 @@ def patch_torchvision() -> None:
     if _done:
         return
     _done = True
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+    if "torchvision" in sys.modules:
         return
-    try:
-        import torch
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    import torch
 
-        torch.ops.torchvision.nms  # noqa: B018 - resolves only when torchvision's C ops loaded
-        return
-    except (AttributeError, RuntimeError, ImportError):
-        pass
+    # A torchvision whose C ops load (a matching CPU build) needs nothing from us.
+    for lib in Path(next(iter(spec.submodule_search_locations))).glob("_C*.so"):
+        try:
+            torch.ops.load_library(str(lib))
+            return
+        except (OSError, RuntimeError):
+            break
     sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DECODE_MODES, TILE_LABEL_ORDERS, PreprocessConfig
-from .errors import InputError, ModelFilesError
+from .errors import ImageError, InputError, ModelFilesError
 from .image import ImagePlan, ImageSource, decode_image, make_units, normalize_patchify, plan_image
 from .scoring import score as _score
 from .text import MAX_QUERY_TOKENS, TextTokenizer, pad_batch
@@ -78,6 +78,9 @@ class ColLFM2Processor:
             raise ValueError(f"tile_labels must be one of {TILE_LABEL_ORDERS}, got {tile_labels!r}")
         config = PreprocessConfig.from_dir(path)
         if overrides:
+            unknown = sorted(set(overrides) - set(config.__dict__))
+            if unknown:
+                raise TypeError(f"unknown preprocessor option(s): {', '.join(unknown)}")
             config = PreprocessConfig.from_dict({**config.__dict__, **overrides})
         return cls(TextTokenizer.from_dir(path, tile_labels=tile_labels), config, decode=decode)
 
@@ -86,7 +89,10 @@ class ColLFM2Processor:
     def process_image(self, image: ImageSource) -> ProcessedPage:
         """Preprocess one image (a path, bytes, PIL image or HxWx3 uint8 array)."""
         rgb = decode_image(image, self.decode)
-        plan = plan_image(rgb.shape[0], rgb.shape[1], self.config)
+        try:
+            plan = plan_image(rgb.shape[0], rgb.shape[1], self.config)
+        except ImageError as exc:  # name the file, as decode errors do
+            raise ImageError(f"{_name_of(image)}: {exc}") from exc
         units = make_units(rgb, plan)
         cfg = self.config
         pixel_values = np.empty((len(units), cfg.max_num_patches, cfg.patch_dim), dtype=np.float32)
@@ -127,6 +133,12 @@ class ColLFM2Processor:
     def score(query_embeddings, doc_embeddings, mode: str = "exact") -> np.ndarray:
         """MaxSim [n_queries, n_docs]; see :func:`runtime.scoring.score`."""
         return _score(query_embeddings, doc_embeddings, mode=mode)
+
+
+def _name_of(image: ImageSource) -> str:
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return f"<{type(image).__name__}>"
 
 
 def collate_pages(pages: Sequence[ProcessedPage]) -> dict[str, np.ndarray]:

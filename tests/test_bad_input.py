@@ -179,3 +179,23 @@ def test_empty_batches(proc: ColLFM2Processor) -> None:
         proc.process_images([])
     with pytest.raises(InputError):
         proc.process_queries([])
+
+
+def test_rgb_with_colour_key_transparency(tmp_path: Path) -> None:
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = [10, 200, 30]
+    path = tmp_path / "key.png"
+    Image.fromarray(arr).save(path, transparency=(0, 0, 0))  # black is transparent
+    assert (decode_image(path, "corrected")[:, 20:] == 255).all()
+    assert (decode_image(path, "upstream")[:, 20:] == 0).all()
+
+
+def test_plan_errors_name_the_file(tmp_path: Path, proc: ColLFM2Processor) -> None:
+    path = _save(Image.new("RGB", (20000, 1), "white"), tmp_path / "strip.png")
+    with pytest.raises(ImageError, match=r"strip\.png: aspect ratio"):
+        proc.process_images([path])
+
+
+def test_unknown_preprocessor_override(tiny_ckpt: Path) -> None:
+    with pytest.raises(TypeError, match="use_thumbnale"):
+        ColLFM2Processor.from_pretrained(tiny_ckpt, use_thumbnale=False)

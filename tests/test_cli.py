@@ -48,6 +48,8 @@ def test_export_writes_a_loadable_checkpoint_and_says_random(tmp_path: Path) -> 
     res = _run("export", "--target", "checkpoint", "--model", str(out), "--out", str(copy), "--vision-keys", "5.x")
     assert res.returncode == 0, res.stderr
     assert (copy / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    assert json.loads((copy / "config.json").read_text())["collfm2_edge"] == {"preset": "tiny", "random_weights": True}
+    assert "RANDOM WEIGHTS" in res.stdout
 
 
 def test_export_bad_model_is_one_line_exit_2(tmp_path: Path) -> None:
