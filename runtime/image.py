@@ -66,7 +66,12 @@ def decode_image(source: ImageSource, mode: str = "corrected") -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # "Palette images with Transparency ..."
             _check_size(image, name)
-            rgb = image.convert("RGB") if mode == "upstream" else _corrected_rgb(image)
+            if image.mode == "RGB" and (mode == "upstream" or _plain_rgb(image)):
+                rgb = image  # convert("RGB") / exif_transpose would only make a copy
+            elif mode == "upstream":
+                rgb = image.convert("RGB")
+            else:
+                rgb = _corrected_rgb(image)
             array = np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise
@@ -122,6 +127,11 @@ def _check_size(image: Image.Image, name: str) -> None:
             f"{name}: refused, {width}x{height} is {width * height / 1e6:.0f} Mpx, over the "
             f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (downscale it first)"
         )
+
+
+def _plain_rgb(image: Image.Image) -> bool:
+    """An RGB image that ``corrected`` mode would not change: no colour key, upright."""
+    return "transparency" not in image.info and image.getexif().get(0x0112, 1) == 1
 
 
 def _corrected_rgb(image: Image.Image) -> Image.Image:
