@@ -22,6 +22,7 @@ import numpy as np
 from .config import DECODE_MODES, TILE_LABEL_ORDERS, PreprocessConfig
 from .errors import ImageError, InputError, ModelFilesError
 from .image import ImagePlan, ImageSource, decode_image, make_units, normalize_patchify, plan_image
+from .scoring import ArrayOrList
 from .scoring import score as _score
 from .text import MAX_QUERY_TOKENS, TextTokenizer, pad_batch
 
@@ -130,7 +131,7 @@ class ColLFM2Processor:
     # -- scoring -------------------------------------------------------------------------
 
     @staticmethod
-    def score(query_embeddings, doc_embeddings, mode: str = "exact") -> np.ndarray:
+    def score(query_embeddings: ArrayOrList, doc_embeddings: ArrayOrList, mode: str = "exact") -> np.ndarray:
         """MaxSim [n_queries, n_docs]; see :func:`runtime.scoring.score`."""
         return _score(query_embeddings, doc_embeddings, mode=mode)
 
