@@ -86,40 +86,20 @@ def run(cfg: ExportConfig) -> Path:
         _step("         its embeddings and rankings are meaningless. Use it to test the pipeline, not to search.")
     t1 = time.perf_counter()
     _step(f"writing {out} ...")
-    base_model = PRESETS[cfg.model].base_model if cfg.is_preset else _base_model_of(Path(cfg.model))
     save_checkpoint(
         loaded.model,
         out,
-        base_model=base_model,
+        base_model=loaded.base_model,
         vision_keys=cfg.vision_keys,
         tokenizer_dir=None if cfg.is_preset else cfg.model,
         use_thumbnail=cfg.use_thumbnail,
         overwrite=True,
         # Random weights stay labelled as such through any number of re-writes.
-        provenance={"preset": _preset_of(cfg, loaded.source), "random_weights": True}
-        if loaded.random_weights
-        else None,
+        provenance={"preset": loaded.preset, "random_weights": True} if loaded.random_weights else None,
     )
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     _step(f"wrote {out} ({size:.0f} MB) in {time.perf_counter() - t1:.1f}s")
     return out
-
-
-def _preset_of(cfg: ExportConfig, source: str) -> str | None:
-    if cfg.is_preset:
-        return cfg.model
-    try:
-        data = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return (data.get("collfm2_edge") or {}).get("preset")
-
-
-def _base_model_of(path: Path) -> str:
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("base_model", "LiquidAI/LFM2-VL-450M")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}/config.json: cannot read ({exc})") from exc
 
 
 def _step(msg: str) -> None:

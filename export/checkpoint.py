@@ -75,6 +75,8 @@ class LoadedModel:
     source: str  # preset name or checkpoint path
     base: BaseSource | None
     random_weights: bool
+    base_model: str  # config.json's base_model, carried to any checkpoint written from this one
+    preset: str | None = None  # the preset the weights came from, when random
     notes: list[str] = field(default_factory=list)
 
 
@@ -237,7 +239,9 @@ def build_preset(name: str, seed: int | None = None, attn_implementation: str = 
     torch.manual_seed(preset.seed if seed is None else seed)
     model = ColLFM2Reference(config).eval()
     _round_to_bf16_(model)
-    return LoadedModel(model, name, base, random_weights=True, notes=[preset.description])
+    return LoadedModel(
+        model, name, base, random_weights=True, base_model=preset.base_model, preset=name, notes=[preset.description]
+    )
 
 
 def load_checkpoint(
@@ -291,10 +295,11 @@ def load_checkpoint(
     else:
         raise ModelFilesError(f"{path}: no model.safetensors (nor collfm2_projection.pt)")
     model = model.to(device=device, dtype=dtype).eval()
-    random_weights = bool((cfg.get("collfm2_edge") or {}).get("random_weights", False))
+    provenance = cfg.get("collfm2_edge") or {}
+    random_weights = bool(provenance.get("random_weights", False))
     if random_weights:
-        notes.append(f"RANDOM WEIGHTS (written from preset {cfg['collfm2_edge'].get('preset')!r})")
-    return LoadedModel(model, str(path), source, random_weights=random_weights, notes=notes)
+        notes.append(f"RANDOM WEIGHTS (written from preset {provenance.get('preset')!r})")
+    return LoadedModel(model, str(path), source, random_weights, base_model, provenance.get("preset"), notes=notes)
 
 
 def _reinit_buffers(model: ColLFM2Reference) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "ImagePlan",
     "ImageSource",
     "decode_image",
+    "describe_source",
     "make_units",
     "normalize_patchify",
     "plan_image",
@@ -56,7 +57,7 @@ def decode_image(source: ImageSource, mode: str = "corrected") -> np.ndarray:
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
-    name = _describe(source)
+    name = describe_source(source)
     if isinstance(source, np.ndarray):
         return _from_array(source, name)
     image = _open(source, name) if not isinstance(source, Image.Image) else source
@@ -82,7 +83,8 @@ def decode_image(source: ImageSource, mode: str = "corrected") -> np.ndarray:
     return array
 
 
-def _describe(source: ImageSource) -> str:
+def describe_source(source: ImageSource) -> str:
+    """How error messages name an image: its path, or its kind when it has none."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     if isinstance(source, bytes):

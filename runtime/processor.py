@@ -21,7 +21,15 @@ import numpy as np
 
 from .config import DECODE_MODES, TILE_LABEL_ORDERS, PreprocessConfig
 from .errors import ImageError, InputError, ModelFilesError
-from .image import ImagePlan, ImageSource, decode_image, make_units, normalize_patchify, plan_image
+from .image import (
+    ImagePlan,
+    ImageSource,
+    decode_image,
+    describe_source,
+    make_units,
+    normalize_patchify,
+    plan_image,
+)
 from .scoring import ArrayOrList
 from .scoring import score as _score
 from .text import MAX_QUERY_TOKENS, TextTokenizer, pad_batch
@@ -93,7 +101,7 @@ class ColLFM2Processor:
         try:
             plan = plan_image(rgb.shape[0], rgb.shape[1], self.config)
         except ImageError as exc:  # name the file, as decode errors do
-            raise ImageError(f"{_name_of(image)}: {exc}") from exc
+            raise ImageError(f"{describe_source(image)}: {exc}") from exc
         units = make_units(rgb, plan)
         cfg = self.config
         pixel_values = np.empty((len(units), cfg.max_num_patches, cfg.patch_dim), dtype=np.float32)
@@ -134,12 +142,6 @@ class ColLFM2Processor:
     def score(query_embeddings: ArrayOrList, doc_embeddings: ArrayOrList, mode: str = "exact") -> np.ndarray:
         """MaxSim [n_queries, n_docs]; see :func:`runtime.scoring.score`."""
         return _score(query_embeddings, doc_embeddings, mode=mode)
-
-
-def _name_of(image: ImageSource) -> str:
-    if isinstance(image, (str, Path)):
-        return str(image)
-    return f"<{type(image).__name__}>"
 
 
 def collate_pages(pages: Sequence[ProcessedPage]) -> dict[str, np.ndarray]:
