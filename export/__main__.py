@@ -1,7 +1,8 @@
-"""``python -m export``: a thin CLI over small steps (load -> write).
+"""``python -m export``: a thin CLI over small steps.
 
-Targets so far: ``checkpoint`` writes a preset (or re-writes a checkpoint) in the published
-ColLFM2 layout. The ONNX and TensorRT targets build on the same load step.
+Targets: ``checkpoint`` writes a preset (or re-writes a checkpoint) in the published ColLFM2
+layout; ``onnx`` exports the vision and text graphs in the requested precisions, gated and
+optionally validated against the PyTorch reference, as a bundle (``export.onnx_export``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from pathlib import Path
 
 from runtime.errors import UserError
 
+from .onnx_export import DEFAULT_OPSET, OnnxConfig
+from .onnx_export import plan as onnx_plan
 from .presets import DEFAULT_PRESET, PRESETS
+from .recipes import Precision, parse_precisions
 
-TARGETS = ("checkpoint",)
+DEFAULT_PRECISIONS = "fp32,fp16,int8"
+
+TARGETS = ("checkpoint", "onnx")
 
 
 @dataclass(frozen=True)
@@ -37,27 +43,48 @@ class ExportConfig:
         return self.model in PRESETS and not Path(self.model).is_dir()
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig, bool]:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
     p.add_argument("--target", choices=TARGETS, required=True, help="what to produce")
     p.add_argument(
         "--model",
-        default=DEFAULT_PRESET,
+        default=None,
         help=f"a preset ({', '.join(sorted(PRESETS))}; random weights) or a ColLFM2 checkpoint directory "
         f"(default: {DEFAULT_PRESET})",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--base", help="local LFM2-VL base directory (architecture, and base weights if needed)")
-    p.add_argument(
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    ck = p.add_argument_group("--target checkpoint")
+    ck.add_argument(
         "--vision-keys",
         choices=("4.57", "5.x"),
         default="4.57",
         help="vision tensor naming to write: 4.57 (vision_model.*, as published) or 5.x",
     )
-    p.add_argument("--no-thumbnail", action="store_true", help="presets: write use_thumbnail=false")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    ck.add_argument("--no-thumbnail", action="store_true", help="presets: write use_thumbnail=false")
+    ox = p.add_argument_group("--target onnx")
+    ox.add_argument(
+        "--precision",
+        default=DEFAULT_PRECISIONS,
+        help=f"comma-separated, from {', '.join(x.value for x in Precision)} (default: {DEFAULT_PRECISIONS}); "
+        "the first is the bundle's default; int8-qdq is the TensorRT int8 input",
+    )
+    ox.add_argument("--validate", action="store_true", help="check every graph and the pipeline against PyTorch")
+    ox.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 18 (default {DEFAULT_OPSET})")
     a = p.parse_args(argv)
+    if a.model is None:
+        print(f"[export] no --model given: using the {DEFAULT_PRESET!r} preset (RANDOM weights)", flush=True)
+        a.model = DEFAULT_PRESET
+    if a.target == "onnx":
+        try:
+            precisions = parse_precisions(a.precision)
+        except ValueError as exc:
+            p.error(str(exc))
+        if a.opset < 18:
+            p.error("--opset must be >= 18 (LayerNormalization and the exporter's decompositions need it)")
+        return OnnxConfig(a.model, a.out, precisions, a.validate, a.base, a.opset, a.force), a.dry_run
     cfg = ExportConfig(a.target, a.model, a.out, a.base, a.vision_keys, not a.no_thumbnail, a.force)
     return cfg, a.dry_run
 
@@ -108,14 +135,23 @@ def _step(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, dry_run = parse_args(argv)
+    is_onnx = isinstance(cfg, OnnxConfig)
     if dry_run:
-        print(json.dumps(asdict(cfg), indent=2))
-        for line in plan(cfg):
+        print(json.dumps(asdict(cfg), indent=2, default=str))
+        for line in onnx_plan(cfg) if is_onnx else plan(cfg):
             print(f"  {line}")
         print("(dry run: nothing written)")
         return 0
     try:
-        run(cfg)
+        if is_onnx:
+            from .onnx_export import run as run_onnx
+
+            _, passed = run_onnx(cfg, _step)
+            if not passed:
+                _step("VALIDATION FAILED: see the lines marked FAIL above and manifest.json")
+                return 1
+        else:
+            run(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,10 +22,12 @@ Differences from upstream, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,14 +47,17 @@ from safetensors.torch import save_file  # noqa: E402
 from .reference import HEAD_DIM, ColLFM2Reference, build_config  # noqa: E402
 
 __all__ = [
+    "PROCESSOR_FILES",
     "BaseSource",
     "LoadedModel",
+    "atomic_dir",
     "build_preset",
     "load_checkpoint",
     "load_model",
     "normalize_key",
     "resolve_base",
     "save_checkpoint",
+    "write_processor_files",
 ]
 
 _VISION_457 = "model.vision_tower.vision_model."
@@ -390,9 +395,7 @@ def save_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ModelFilesError(f"{out_dir}: already exists (pass overwrite=True / --force)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         state = {}
         for key, value in model.state_dict().items():
             if vision_keys == "4.57" and key.startswith(_VISION_5X):
@@ -410,30 +413,52 @@ def save_checkpoint(
             # step say plainly that the weights are random.
             config["collfm2_edge"] = provenance
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if tokenizer_dir is not None:
-            for name in (
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "preprocessor_config.json", "processor_config.json", "chat_template.jinja",
-            ):  # fmt: skip
-                src = Path(tokenizer_dir) / name
-                if src.is_file():
-                    shutil.copy2(src, tmp / name)
-        else:
-            write_tokenizer_files(build_synthetic_tokenizer(), tmp)
-            (tmp / "preprocessor_config.json").write_text(
-                json.dumps(preprocessor_config(use_thumbnail), indent=2) + "\n", encoding="utf-8"
-            )
-            (tmp / "processor_config.json").write_text(
-                json.dumps({"processor_class": "Lfm2VlProcessor"}, indent=2) + "\n", encoding="utf-8"
-            )
-        # mkdtemp makes a private dir; a checkpoint is meant to be shared like any model dir.
-        os.chmod(tmp, 0o755)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
+        write_processor_files(tmp, tokenizer_dir, use_thumbnail)
+    return out_dir
+
+
+PROCESSOR_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "preprocessor_config.json", "processor_config.json", "chat_template.jinja",
+)  # fmt: skip
+
+
+def write_processor_files(out_dir: Path, tokenizer_dir: str | Path | None, use_thumbnail: bool = True) -> None:
+    """Tokenizer + processor files: copied from ``tokenizer_dir``, else the synthetic set for presets."""
+    if tokenizer_dir is not None:
+        for name in PROCESSOR_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.is_file():
+                shutil.copy2(src, out_dir / name)
+        return
+    write_tokenizer_files(build_synthetic_tokenizer(), out_dir)
+    (out_dir / "preprocessor_config.json").write_text(
+        json.dumps(preprocessor_config(use_thumbnail), indent=2) + "\n", encoding="utf-8"
+    )
+    (out_dir / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Lfm2VlProcessor"}, indent=2) + "\n", encoding="utf-8"
+    )
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Build a directory beside ``out_dir`` and rename it into place only if the block succeeds.
+
+    An interrupted run leaves a hidden ``.name.*`` temp dir, never a half-written ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        # mkdtemp makes a private dir; these are meant to be shared like any model dir.
+        for root, _dirs, files in os.walk(tmp):
+            os.chmod(root, 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir

@@ -29,21 +29,26 @@ SAMPLE_PAGES = {
 QUERIES = ["total amount due on the invoice", "quarterly revenue chart", "table of contents"]
 
 
-def render_pages(out_dir: Path) -> list[Path]:
-    """Letter-size pages at 72 dpi (612x792): one tile each, 252 image tokens."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def render_page(lines: list[str]) -> Image.Image:
+    """A letter-size page at 72 dpi (612x792, one tile, 252 image tokens) with ``lines`` of text."""
     try:
         font = ImageFont.load_default(size=28)
     except TypeError:  # Pillow < 10.1 has no sized default font
         font = ImageFont.load_default()
+    page = Image.new("RGB", (612, 792), "white")
+    draw = ImageDraw.Draw(page)
+    for i, line in enumerate(lines):
+        draw.text((40, 40 + 44 * i), line, fill="black", font=font)
+    return page
+
+
+def render_pages(out_dir: Path) -> list[Path]:
+    """The sample pages, written as PNGs under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, lines in SAMPLE_PAGES.items():
-        page = Image.new("RGB", (612, 792), "white")
-        draw = ImageDraw.Draw(page)
-        for i, line in enumerate(lines):
-            draw.text((40, 40 + 44 * i), line, fill="black", font=font)
         path = out_dir / name
-        page.save(path)
+        render_page(lines).save(path)
         paths.append(path)
     return paths
 

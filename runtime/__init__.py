@@ -4,12 +4,16 @@ Imports only numpy, Pillow, tokenizers (and onnxruntime where graphs run); a tes
 imports with torch blocked.
 """
 
+from .bundle import Bundle, open_bundle
 from .config import PreprocessConfig
 from .errors import ImageError, InputError, ModelFilesError, QueryError, UserError
+from .model import ColLFM2
 from .processor import ColLFM2Processor
 from .scoring import score
 
 __all__ = [
+    "Bundle",
+    "ColLFM2",
     "ColLFM2Processor",
     "ImageError",
     "InputError",
@@ -17,6 +21,7 @@ __all__ = [
     "PreprocessConfig",
     "QueryError",
     "UserError",
+    "open_bundle",
     "score",
 ]
 __version__ = "0.1.0"

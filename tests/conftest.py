@@ -46,3 +46,16 @@ def tiny_model():
     from export.checkpoint import build_preset
 
     return build_preset("tiny").model
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset exported in every precision, gated and validated (about 25 s)."""
+    from export.onnx_export import OnnxConfig, run
+    from export.recipes import Precision
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    cfg = OnnxConfig("tiny", str(out), tuple(Precision), validate=True)
+    path, passed = run(cfg, log=lambda msg: None)
+    assert passed, "the tiny bundle failed its own validation"
+    return path

@@ -1,0 +1,393 @@
+"""``--target onnx``: load -> wrap -> export -> convert/quantise (gated) -> validate -> package.
+
+Each step is a function; ``run`` strings them together for the CLI. The bundle is built in a
+temp dir beside ``--out`` and renamed into place at the end (``checkpoint.atomic_dir``), with
+``manifest.json`` written last, so an interrupted export never leaves something that looks like
+a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, Bundle, sha256_file
+from runtime.errors import UserError
+
+from .presets import PRESETS
+from .recipes import METHODS, RECIPES, Precision
+
+__all__ = ["GRAPHS", "OnnxConfig", "export_graph", "io_spec", "plan", "run"]
+
+GRAPHS = ("vision", "text")
+DEFAULT_OPSET = 18
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class OnnxConfig:
+    model: str
+    out: str
+    precisions: tuple[Precision, ...]
+    validate: bool = False
+    base: str | None = None
+    opset: int = DEFAULT_OPSET
+    force: bool = False
+
+    @property
+    def is_preset(self) -> bool:
+        return self.model in PRESETS and not Path(self.model).is_dir()
+
+    @property
+    def needs_reference(self) -> bool:
+        """The int8 gate needs reference outputs even without --validate."""
+        return self.validate or any(len(RECIPES[p].methods) > 1 for p in self.precisions)
+
+
+def plan(cfg: OnnxConfig) -> list[str]:
+    src = f"preset '{cfg.model}' ({PRESETS[cfg.model].description})" if cfg.is_preset else f"checkpoint {cfg.model}"
+    steps = [f"load      {src}"]
+    steps.append(f"export    vision, text -> ONNX fp32, opset {cfg.opset} (torch.onnx dynamo exporter)")
+    if cfg.needs_reference:
+        steps.append("reference PyTorch outputs on the validation grid (512x512, 26x36 tile, A4 tiled, queries 1-64)")
+    for p in cfg.precisions:
+        r = RECIPES[p]
+        methods = " -> ".join(r.methods)
+        gate = f"gate {r.gate}" if len(r.methods) > 1 else ""
+        steps.append(f"{p.value:<9} {methods} (table {r.embeddings_dtype}; for {r.target}) {gate}".rstrip())
+    if cfg.validate:
+        steps.append("validate  every graph and the whole ORT pipeline against the reference")
+    steps.append(f"package   {cfg.out} (manifest.json with sha256 of every file; atomic rename)")
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) -> Path:
+    """torch module -> ONNX file with named dynamic axes."""
+    import torch
+
+    if name == "vision":
+        inputs = ["pixel_values", "pixel_attention_mask", "pos_weights", "unshuffle_index"]
+        outputs = ["image_tokens"]
+        dynamic = {k: {0: "batch"} for k in inputs}
+    else:
+        inputs = ["inputs_embeds", "attention_mask"]
+        outputs = ["embeddings"]
+        dynamic = {k: {0: "batch", 1: "sequence"} for k in inputs}
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            module,
+            example,
+            str(dst),
+            dynamo=True,
+            opset_version=opset,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=dynamic,
+            external_data=False,
+            verbose=False,
+            report=False,
+        )
+    return dst
+
+
+def _examples(model: Any) -> dict[str, tuple]:
+    """Trace inputs: batch 2 and sequence >= 2, so no axis specialises to 1 (reference doc 6.5)."""
+    import torch
+
+    from runtime.image import position_weights, unshuffle_index
+
+    vc, tc = model.config.vision_config, model.config.text_config
+    n = 1024
+    pw = np.stack([position_weights(32, 32, 16, n), position_weights(26, 36, 16, n)])
+    ui = np.stack([unshuffle_index(32, 32, 2, n // 4), unshuffle_index(26, 36, 2, n // 4)])
+    mask = np.ones((2, n), np.int64)
+    mask[1, 26 * 36 :] = 0
+    patch_dim = vc.num_channels * vc.patch_size**2
+    vision = (
+        torch.randn(2, n, patch_dim),
+        torch.from_numpy(mask),
+        torch.from_numpy(pw),
+        torch.from_numpy(ui),
+    )
+    am = torch.ones(2, 9, dtype=torch.int64)
+    am[0, :3] = 0
+    text = (torch.randn(2, 9, tc.hidden_size), am)
+    return {"vision": vision, "text": text}
+
+
+def io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs of an ONNX file: name, dtype, shape with named dynamic axes."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def one(v: Any) -> dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), "shape": dims}
+
+    return {"inputs": [one(v) for v in model.graph.input], "outputs": [one(v) for v in model.graph.output]}
+
+
+def _source(cfg: OnnxConfig, loaded: Any) -> dict[str, Any]:
+    if cfg.is_preset:
+        return {"kind": "preset", "preset": cfg.model, "seed": PRESETS[cfg.model].seed, "random_weights": True}
+    weights = Path(cfg.model) / "model.safetensors"
+    return {
+        "kind": "checkpoint",
+        "path": str(Path(cfg.model).resolve()),
+        "weights_sha256": sha256_file(weights) if weights.is_file() else None,
+        "random_weights": loaded.random_weights,
+        "preset": loaded.preset,
+        "base": loaded.base.location if loaded.base else None,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    import runtime
+
+    return {
+        "collfm2_edge": runtime.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _model_numbers(model: Any, processor: Any) -> dict[str, Any]:
+    cfg = model.config
+    factor = cfg.downsample_factor
+    return {
+        "image_token_id": cfg.image_token_id,
+        "hidden_size": cfg.text_config.hidden_size,
+        "vocab_size": cfg.text_config.vocab_size,
+        "dim": model.custom_text_proj.out_features,
+        "downsample_factor": factor,
+        "max_num_patches": processor.config.max_num_patches,
+        "tokens_per_tile": processor.config.max_num_patches // factor**2,
+        "position_grid": round(cfg.vision_config.num_patches**0.5),
+        "patch_dim": cfg.vision_config.num_channels * cfg.vision_config.patch_size**2,
+    }
+
+
+def _calibration_feeds(model: Any, processor: Any) -> dict[str, list[dict[str, np.ndarray]]]:
+    from .validate import calibration_inputs, reference_set
+
+    pages, queries = calibration_inputs(processor)
+    ref = reference_set(model, processor, pages, queries, full_pipeline=False)
+    return {"vision": [c.feeds for c in ref.vision], "text": [c.feeds for c in ref.text]}
+
+
+def build_precision(
+    precision: Precision,
+    fp32_graphs: dict[str, Path],
+    out_dir: Path,
+    reference: Any | None,
+    calibration: Callable[[], dict[str, list[dict[str, np.ndarray]]]],
+    log: Log,
+) -> dict[str, dict[str, Any]]:
+    """Write ``out_dir/{vision,text}.onnx`` for ``precision``; the gate picks each graph's method."""
+    from .validate import graph_fidelity, load_session
+
+    recipe = RECIPES[precision]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict[str, Any]] = {}
+    for graph in GRAPHS:
+        dst = out_dir / f"{graph}.onnx"
+        tried = []
+        for i, method in enumerate(recipe.methods):
+            last = i == len(recipe.methods) - 1
+            t0 = time.perf_counter()
+            feeds = calibration()[graph] if method == "static-qdq" else None
+            cand = dst if len(recipe.methods) == 1 else out_dir / f".{graph}.{method}.onnx"
+            from .quantize import apply_method
+
+            apply_method(method, fp32_graphs[graph], cand, feeds)
+            record: dict[str, Any] = {"method": method, "what": METHODS[method]}
+            if reference is not None:
+                fid, per_case = graph_fidelity(load_session(cand), getattr(reference, graph))
+                failures = recipe.gate.failures(fid.mean_cos, fid.worst_cos, fid.max_abs, unit_norm=graph == "text")
+                record.update(fidelity=fid.as_dict(), cases={k: v.as_dict() for k, v in per_case.items()})
+                record.update(passed=not failures, failures=failures)
+                log(f"  {precision.value}/{graph}: {method:<16} {fid}  {'PASS' if not failures else 'FAIL'}"
+                    f"  ({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+            else:
+                log(f"  {precision.value}/{graph}: {method} ({time.perf_counter() - t0:.1f}s)")
+            tried.append({k: record[k] for k in ("method", "passed", "failures") if k in record})
+            if record.get("passed", True) or last:
+                if cand != dst:
+                    os.replace(cand, dst)
+                if len(recipe.methods) > 1:
+                    if record.get("passed"):
+                        why = f"{method}: first candidate to pass the gate ({recipe.gate})"
+                    else:
+                        why = f"{method}: no candidate passed the gate ({recipe.gate}); kept the last, marked failing"
+                    if i > 0:
+                        why += f"; rejected {', '.join(t['method'] for t in tried[:-1])}"
+                    record["why"] = why
+                    record["tried"] = tried
+                records[graph] = record
+                break
+            cand.unlink()
+    for stale in out_dir.glob(".*.onnx"):
+        stale.unlink()
+    return records
+
+
+def _write_embeddings(model: Any, dst: Path, dtype: str) -> dict[str, Any]:
+    table = model.model.language_model.embed_tokens.weight.detach().float().cpu().numpy().astype(dtype)
+    np.save(dst, table, allow_pickle=False)
+    return {"dtype": dtype, "shape": list(table.shape)}
+
+
+def _summary(rec: dict[str, Any]) -> str:
+    verdict = "PASS" if rec["passed"] else "FAIL: " + "; ".join(rec["failures"])
+    return (
+        f"pages cos mean={rec['pages']['mean_cos']:.6f} worst={rec['pages']['worst_cos']:.6f}"
+        f" | queries worst={rec['queries']['worst_cos']:.6f} | MaxSim rel err={rec['maxsim_rel_error']:.1e}"
+        f" | top-5 {rec['top5_agreement']:.2f} | {verdict}"
+    )
+
+
+def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
+    """Export, gate, validate and package. Returns (bundle path, all validations passed)."""
+    from .checkpoint import atomic_dir, load_model, write_processor_files
+    from .graphs import MASK_VALUE, TextGraph, VisionGraph, attention
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise UserError(f"{out} already exists; pass --force to replace it")
+    t_start = time.perf_counter()
+    log(f"loading {cfg.model} ...")
+    loaded = load_model(cfg.model, base=cfg.base)
+    model = loaded.model.float().eval()
+    if loaded.random_weights:
+        log("WARNING: RANDOM WEIGHTS. The bundle has the real architecture but no trained weights;")
+        log("         its embeddings and rankings are meaningless. Use it to test the pipeline, not to search.")
+    timings: dict[str, float] = {"load": time.perf_counter() - t_start}
+    all_passed = True
+    with atomic_dir(out) as tmp:
+        write_processor_files(tmp, None if cfg.is_preset else cfg.model)
+        from runtime import ColLFM2Processor
+
+        processor = ColLFM2Processor.from_pretrained(tmp)
+        work = tmp / ".work"
+        work.mkdir()
+
+        t0 = time.perf_counter()
+        fp32_graphs: dict[str, Path] = {}
+        examples = _examples(model)
+        with attention(model, "eager"):
+            for graph, wrapper in (("vision", VisionGraph), ("text", TextGraph)):
+                log(f"exporting {graph} graph (fp32, opset {cfg.opset}) ...")
+                fp32_graphs[graph] = export_graph(
+                    graph, wrapper(model).eval(), examples[graph], work / f"{graph}.onnx", cfg.opset
+                )
+        timings["export"] = time.perf_counter() - t0
+        log(f"exported in {timings['export']:.1f}s")
+
+        reference = None
+        if cfg.needs_reference:
+            from .validate import reference_set, validation_inputs
+
+            log("computing PyTorch reference outputs on the validation grid ...")
+            pages, queries = validation_inputs(processor)
+            reference = reference_set(model, processor, pages, queries, full_pipeline=cfg.validate)
+            timings["reference"] = reference.seconds
+            log(f"reference in {reference.seconds:.1f}s")
+
+        calib_cache: dict[str, Any] = {}
+
+        def calibration() -> dict[str, list[dict[str, np.ndarray]]]:
+            if "feeds" not in calib_cache:
+                log("  computing calibration inputs (sample pages and queries, not the validation grid) ...")
+                calib_cache["feeds"] = _calibration_feeds(model, processor)
+            return calib_cache["feeds"]
+
+        precisions: dict[str, Any] = {}
+        for p in cfg.precisions:
+            t0 = time.perf_counter()
+            recipe = RECIPES[p]
+            log(f"building {p.value} ({' -> '.join(recipe.methods)}) ...")
+            records = build_precision(p, fp32_graphs, tmp / p.value, reference, calibration, log)
+            emb = _write_embeddings(model, tmp / p.value / "embeddings.npy", recipe.embeddings_dtype)
+            graphs = {}
+            for graph, record in records.items():
+                rel = f"{p.value}/{graph}.onnx"
+                graphs[graph] = {"file": rel, **io_spec(tmp / rel), **record}
+            entry = {
+                "target": recipe.target,
+                "methods": list(recipe.methods),
+                "gate": {k: v for k, v in vars(recipe.gate).items() if v is not None},
+                "graphs": graphs,
+                "embeddings": {"file": f"{p.value}/embeddings.npy", **emb},
+                "size_bytes": sum(f.stat().st_size for f in (tmp / p.value).iterdir()),
+            }
+            precisions[p.value] = entry
+            timings[p.value] = time.perf_counter() - t0
+            if any(r.get("passed") is False for r in records.values()):
+                all_passed = False
+        files = {str(f.relative_to(tmp)): "" for f in sorted(tmp.rglob("*")) if f.is_file() and ".work" not in f.parts}
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": _source(cfg, loaded),
+            "model": _model_numbers(model, processor),
+            "opset": cfg.opset,
+            "mask_value": MASK_VALUE,
+            "default_precision": cfg.precisions[0].value,
+            "precisions": precisions,
+            "processor": {
+                "preprocess": {k: v for k, v in vars(processor.config).items()},
+                "tokenizer": "tokenizer.json",
+                "files": [f for f in files if "/" not in f],
+            },
+            "versions": _versions(),
+            "timings_s": timings,
+            "files": {},
+        }
+        if cfg.validate:
+            from .validate import pipeline_report
+
+            report = {}
+            for p in cfg.precisions:
+                t0 = time.perf_counter()
+                bundle = Bundle(tmp, manifest)
+                from runtime import ColLFM2
+
+                rt = ColLFM2(bundle, p.value)
+                rec = pipeline_report(rt, reference, RECIPES[p].gate, check_maxsim=p is Precision.FP32)
+                report[p.value] = rec
+                all_passed &= rec["passed"]
+                log(f"validate {p.value}: {_summary(rec)} ({time.perf_counter() - t0:.1f}s)")
+            manifest["validation"] = {"pipeline": report, "passed": all_passed}
+        shutil.rmtree(work)
+        manifest["files"] = {rel: sha256_file(tmp / rel) for rel in files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    timings["total"] = time.perf_counter() - t_start
+    sizes = ", ".join(f"{k} {v['size_bytes'] / 1e6:.0f} MB" for k, v in precisions.items())
+    log(f"wrote {out} ({sizes}) in {timings['total']:.1f}s")
+    return out, all_passed

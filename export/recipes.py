@@ -1,0 +1,119 @@
+"""Precision -> recipe, decided in one place (the onnxruntime-genai builder's habit).
+
+Every precision derives from the one fp32 ONNX export of each graph by a list of candidate
+*methods*. The fidelity gate tries them in order per graph and keeps the first that passes
+(reference doc section 6.8: activation quantisation is the fast path but risky for the SigLIP
+tower), else the last one, marked as failing. The manifest records which method each graph got
+and why. Method implementations live in ``export.quantize``; nothing here runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["GATES", "METHODS", "RECIPES", "Gate", "Precision", "Recipe", "parse_precisions"]
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"  # ORT CPU (Raspberry Pi, laptops): int8 weights, fp32 or dynamic-int8 activations
+    INT8_QDQ = "int8-qdq"  # TensorRT: explicit static QDQ from calibration
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Per-vector fidelity against the PyTorch fp32 reference (issue 4's targets)."""
+
+    min_worst_cos: float
+    min_mean_cos: float = 0.0
+    max_abs: float | None = None  # only meaningful for unit-norm outputs (the text graph, the pipeline)
+
+    def __str__(self) -> str:
+        parts = [f"worst cos >= {self.min_worst_cos}"]
+        if self.min_mean_cos:
+            parts.append(f"mean cos >= {self.min_mean_cos}")
+        if self.max_abs is not None:
+            parts.append(f"max-abs <= {self.max_abs:.0e}")
+        return ", ".join(parts)
+
+    def failures(self, mean_cos: float, worst_cos: float, max_abs: float, unit_norm: bool) -> list[str]:
+        out = []
+        if worst_cos < self.min_worst_cos:
+            out.append(f"worst-token cosine {worst_cos:.6f} < {self.min_worst_cos}")
+        if mean_cos < self.min_mean_cos:
+            out.append(f"mean cosine {mean_cos:.6f} < {self.min_mean_cos}")
+        if self.max_abs is not None and unit_norm and max_abs > self.max_abs:
+            out.append(f"max-abs {max_abs:.2e} > {self.max_abs:.0e}")
+        return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    precision: Precision
+    methods: tuple[str, ...]  # candidates in order; the gate keeps the first that passes
+    embeddings_dtype: str  # the token table stored beside the graphs
+    target: str  # who this precision is for
+    gate: Gate
+
+
+# What each method does (the manifest copies the text next to the method name).
+METHODS: dict[str, str] = {
+    "fp32": "the exported fp32 graph",
+    "fp16": "fp16 weights and activations; RMSNorm/LayerNorm statistics, softmax and the L2 norm kept in fp32",
+    "dynamic-int8": "int8 per-channel weights, activations quantised to int8 per batch at run time (ORT dynamic)",
+    "weight-only-int8": "int8 block-wise weights (MatMulNBits, block 32), fp32 activations",
+    "static-qdq": "int8 per-channel weights and int8 activations from calibration, explicit QuantizeLinear/"
+    "DequantizeLinear pairs (what TensorRT builds int8 engines from)",
+    "weight-only-qdq": "int8 per-channel weights as DequantizeLinear, fp32 activations (TensorRT builds the "
+    "matmuls in fp16/fp32)",
+}
+
+GATES: dict[Precision, Gate] = {
+    Precision.FP32: Gate(min_worst_cos=0.99999, max_abs=1e-4),
+    Precision.FP16: Gate(min_worst_cos=0.999),
+    Precision.INT8: Gate(min_worst_cos=0.9, min_mean_cos=0.98),
+    Precision.INT8_QDQ: Gate(min_worst_cos=0.9, min_mean_cos=0.98),
+}
+
+RECIPES: dict[Precision, Recipe] = {
+    Precision.FP32: Recipe(Precision.FP32, ("fp32",), "float32", "any", GATES[Precision.FP32]),
+    Precision.FP16: Recipe(Precision.FP16, ("fp16",), "float16", "GPU (ORT CUDA/TensorRT)", GATES[Precision.FP16]),
+    Precision.INT8: Recipe(
+        Precision.INT8,
+        ("dynamic-int8", "weight-only-int8"),
+        "float16",
+        "ORT CPU (Raspberry Pi, x86)",
+        GATES[Precision.INT8],
+    ),
+    Precision.INT8_QDQ: Recipe(
+        Precision.INT8_QDQ, ("static-qdq", "weight-only-qdq"), "float16", "TensorRT int8", GATES[Precision.INT8_QDQ]
+    ),
+}
+
+# MaxSim scores of the whole fp32 pipeline against the reference.
+MAXSIM_MAX_REL_ERROR = 1e-4
+
+
+def parse_precisions(text: str) -> tuple[Precision, ...]:
+    """``"fp32,fp16,int8"`` -> Precisions, in the given order, duplicates dropped."""
+    out: list[Precision] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            p = Precision(part)
+        except ValueError:
+            raise ValueError(
+                f"unknown precision {part!r}; choose from {', '.join(p.value for p in Precision)}"
+            ) from None
+        if p not in out:
+            out.append(p)
+    if not out:
+        raise ValueError("no precision given")
+    return tuple(out)

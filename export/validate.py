@@ -1,0 +1,289 @@
+"""Validation against the PyTorch reference: the grid, the reference outputs, and the checks.
+
+The grid (issue 4): one 512x512 tile, one 26x36-patch tile, a tiled A4 page with thumbnail, and
+a left-padded batch of queries of 1..64 tokens (plus one padded query alone, the batch-1 case
+where transformers 4.57 dropped the conv padding mask). Reference outputs come from transformers'
+own modules with their own masking (SDPA), not from our export wrappers, so a wrapper bug shows.
+
+Every comparison goes through ``export.parity.compare``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image, ImageDraw
+
+from runtime import ColLFM2, ColLFM2Processor, score
+from runtime.image import position_weights, unshuffle_index
+from runtime.model import merge_image_tokens
+
+from .parity import Fidelity, compare, maxsim_rel_error, topk_agreement
+from .recipes import MAXSIM_MAX_REL_ERROR, Gate
+from .reference import ColLFM2Reference
+
+__all__ = [
+    "GraphCase",
+    "ReferenceSet",
+    "calibration_inputs",
+    "graph_fidelity",
+    "pipeline_report",
+    "reference_set",
+    "validation_inputs",
+]
+
+# Query lengths of the validation batch, in ids with BOS (so 1..63 text tokens; an empty query
+# is refused by the processor).
+QUERY_LENGTHS = (2, 3, 8, 21, 64)
+_WORDS = [
+    "quarterly",
+    "revenue",
+    "table",
+    "invoice",
+    "total",
+    "amount",
+    "due",
+    "contents",
+    "methods",
+    "results",
+    "discussion",
+    "chart",
+    "figure",
+    "shipping",
+    "address",
+    "signature",
+    "date",
+    "page",
+    "annex",
+    "summary",
+    "appendix",
+    "balance",
+    "sheet",
+    "cash",
+    "flow",
+    "net",
+    "income",
+]
+
+
+def synthetic_page(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A page-like RGB image: paper, dark text-like strokes, a coloured box, scanner noise."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (width, height), (246, 244, 238))
+    draw = ImageDraw.Draw(img)
+    y = max(8, height // 20)
+    while y < height - 12:
+        x = max(6, width // 16)
+        while x < width - 20:
+            w = int(rng.integers(8, max(10, width // 8)))
+            draw.rectangle([x, y, min(x + w, width - 6), y + max(3, height // 120)], fill=(30, 30, 40))
+            x += w + int(rng.integers(4, 14))
+        y += max(10, height // 30)
+    draw.rectangle([width // 2, height // 3, width // 2 + width // 5, height // 3 + height // 8], fill=(200, 60, 40))
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-5, 6, (height, width, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _query_of_length(processor: ColLFM2Processor, n_tokens: int, seed: int) -> str:
+    """A query whose ids (BOS included) number exactly ``n_tokens`` (>= 2), when the tokenizer
+    allows it (else the nearest length above)."""
+    rng = np.random.default_rng(seed)
+
+    def count(t: str) -> int:
+        return len(processor.tokenizer.query_ids(t, processor.max_query_tokens))
+
+    text = str(rng.choice(_WORDS))
+    while count(text) < n_tokens:
+        text += " " + str(rng.choice(_WORDS))
+    while len(text) > 1 and count(text[:-1].rstrip() or text) >= n_tokens and count(text) > n_tokens:
+        text = text[:-1].rstrip()
+    return text
+
+
+def validation_inputs(processor: ColLFM2Processor) -> tuple[dict[str, Image.Image], list[str]]:
+    pages = {
+        "tile-512x512": synthetic_page(512, 512, seed=1),
+        "tile-26x36": synthetic_page(26 * 16, 36 * 16, seed=2),
+        "a4-150dpi": synthetic_page(1754, 1240, seed=3),
+    }
+    queries = [_query_of_length(processor, n, seed=n) for n in QUERY_LENGTHS]
+    return pages, queries
+
+
+def calibration_inputs(processor: ColLFM2Processor) -> tuple[dict[str, Image.Image], list[str]]:
+    """A different set of pages and queries, for static quantisation (never the validation grid)."""
+    from .demo import QUERIES, SAMPLE_PAGES, render_page
+
+    pages = {name: render_page(lines) for name, lines in SAMPLE_PAGES.items()}
+    pages["scan-2tiles"] = synthetic_page(700, 1300, seed=11)
+    return pages, list(QUERIES)
+
+
+@dataclass
+class GraphCase:
+    """One feed of a graph and the reference output; ``mask`` [B, T] marks the rows to compare."""
+
+    name: str
+    feeds: dict[str, np.ndarray]
+    reference: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class ReferenceSet:
+    vision: list[GraphCase] = field(default_factory=list)
+    text: list[GraphCase] = field(default_factory=list)
+    page_batches: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    query_batch: dict[str, np.ndarray] = field(default_factory=dict)
+    page_embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # real rows [n, 128]
+    query_embeddings: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _vision_feeds(batch: dict[str, np.ndarray], grid: int, factor: int, max_tokens: int) -> dict[str, np.ndarray]:
+    max_patches = batch["pixel_values"].shape[1]
+    shapes = [(int(h), int(w)) for h, w in batch["spatial_shapes"]]
+    return {
+        "pixel_values": np.ascontiguousarray(batch["pixel_values"], dtype=np.float32),
+        "pixel_attention_mask": batch["pixel_attention_mask"].astype(np.int64),
+        "pos_weights": np.stack([position_weights(h, w, grid, max_patches) for h, w in shapes]),
+        "unshuffle_index": np.stack([unshuffle_index(h, w, factor, max_tokens) for h, w in shapes]),
+    }
+
+
+@torch.inference_mode()
+def _text_reference(model: ColLFM2Reference, embeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """transformers' LFM2 backbone with its own masking, then the head and L2 norm."""
+    h = model.model.language_model(
+        inputs_embeds=torch.from_numpy(embeds), attention_mask=torch.from_numpy(mask), use_cache=False
+    ).last_hidden_state
+    e = model.custom_text_proj(h)
+    e = e / e.norm(dim=-1, keepdim=True)
+    return torch.nan_to_num(e * torch.from_numpy(mask)[..., None].to(e.dtype)).numpy()
+
+
+@torch.inference_mode()
+def reference_set(
+    model: ColLFM2Reference,
+    processor: ColLFM2Processor,
+    pages: dict[str, Image.Image],
+    queries: list[str],
+    full_pipeline: bool = True,
+) -> ReferenceSet:
+    """Run the reference once over the inputs; every candidate graph is compared with this."""
+    t0 = time.perf_counter()
+    cfg = model.config
+    factor = cfg.downsample_factor
+    max_tokens = processor.config.max_num_patches // factor**2
+    table = model.model.language_model.embed_tokens.weight.detach().float().numpy()
+    out = ReferenceSet()
+    for name, image in pages.items():
+        batch = processor.process_images([image])
+        out.page_batches[name] = batch
+        feats = model.model.get_image_features(
+            pixel_values=torch.from_numpy(batch["pixel_values"]),
+            spatial_shapes=torch.from_numpy(batch["spatial_shapes"]),
+            pixel_attention_mask=torch.from_numpy(batch["pixel_attention_mask"]),
+        ).pooler_output  # per tile [n_tok, D]
+        feeds = _vision_feeds(batch, 16, factor, max_tokens)
+        n_units = len(feats)
+        ref = np.zeros((n_units, max_tokens, feats[0].shape[-1]), np.float32)
+        mask = np.zeros((n_units, max_tokens), bool)
+        for u, f in enumerate(feats):
+            ref[u, : f.shape[0]] = f.float().numpy()
+            mask[u, : f.shape[0]] = True
+        out.vision.append(GraphCase(f"vision/{name}", feeds, ref, mask))
+        ids = batch["input_ids"]
+        embeds = table[ids]
+        merge_image_tokens(embeds, ids, np.concatenate([f.float().numpy() for f in feats]), cfg.image_token_id)
+        am = batch["attention_mask"].astype(np.int64)
+        out.text.append(
+            GraphCase(
+                f"text/{name}",
+                {"inputs_embeds": embeds, "attention_mask": am},
+                _text_reference(model, embeds, am),
+                am > 0,
+            )
+        )
+        if full_pipeline:
+            out.page_embeddings[name] = model.encode(batch)[0]
+    qb = processor.process_queries(queries)
+    out.query_batch = qb
+    ids, am = qb["input_ids"], qb["attention_mask"].astype(np.int64)
+    embeds = table[ids]
+    out.text.append(
+        GraphCase(
+            "text/queries", {"inputs_embeds": embeds, "attention_mask": am}, _text_reference(model, embeds, am), am > 0
+        )
+    )
+    # Batch of one that still carries left padding: the shape where 4.57 dropped the conv mask.
+    one = slice(0, 1)
+    out.text.append(
+        GraphCase(
+            "text/query-batch1-padded",
+            {"inputs_embeds": embeds[one], "attention_mask": am[one]},
+            _text_reference(model, embeds[one], am[one]),
+            am[one] > 0,
+        )
+    )
+    if full_pipeline:
+        out.query_embeddings = model.encode(qb)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def graph_fidelity(session: ort.InferenceSession, cases: list[GraphCase]) -> tuple[Fidelity, dict[str, Fidelity]]:
+    """Run ``session`` on each case; overall and per-case fidelity over the masked rows."""
+    refs, cands, per_case = [], [], {}
+    for case in cases:
+        got = session.run(None, case.feeds)[0]
+        refs.append(case.reference[case.mask])
+        cands.append(got[case.mask])
+        per_case[case.name] = compare(case.reference[case.mask], got[case.mask])
+    return compare(refs, cands), per_case
+
+
+def pipeline_report(model: ColLFM2, ref: ReferenceSet, gate: Gate, check_maxsim: bool) -> dict[str, Any]:
+    """Whole runtime pipeline (ORT CPU) vs the reference: embeddings, MaxSim and ranking."""
+    pages, refs = [], []
+    for name, batch in ref.page_batches.items():
+        emb = model.encode(batch)
+        pages.append(emb[0][batch["attention_mask"][0] > 0])
+        refs.append(ref.page_embeddings[name])
+    qemb = model.encode(ref.query_batch)
+    qmask = ref.query_batch["attention_mask"] > 0
+    queries = [qemb[i][qmask[i]] for i in range(qemb.shape[0])]
+    fid_pages = compare(refs, pages)
+    fid_queries = compare(ref.query_embeddings, queries)
+    s_ref, s_got = score(ref.query_embeddings, refs), score(queries, pages)
+    rel = maxsim_rel_error(s_ref, s_got)
+    failures = gate.failures(fid_pages.mean_cos, fid_pages.worst_cos, fid_pages.max_abs, True)
+    failures += gate.failures(fid_queries.mean_cos, fid_queries.worst_cos, fid_queries.max_abs, True)
+    if check_maxsim and rel > MAXSIM_MAX_REL_ERROR:
+        failures.append(f"MaxSim relative error {rel:.2e} > {MAXSIM_MAX_REL_ERROR:.0e}")
+    return {
+        "pages": fid_pages.as_dict(),
+        "queries": fid_queries.as_dict(),
+        "maxsim_rel_error": rel,
+        "top1_agreement": topk_agreement(s_ref, s_got, 1),
+        "top5_agreement": topk_agreement(s_ref, s_got, 5),
+        "passed": not failures,
+        "failures": failures,
+    }
+
+
+def load_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+Progress = Callable[[str], None]

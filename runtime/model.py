@@ -1,0 +1,197 @@
+"""``ColLFM2``: the exported graphs run with ONNX Runtime, plus the numpy glue between them.
+
+Page path (arrays from ``ColLFM2Processor.process_images``)::
+
+    pixel_values [U, 1024, 768], pixel_attention_mask [U, 1024], spatial_shapes [U, 2]
+      + pos_weights [U, 1024, 256], unshuffle_index [U, 256, 4]     (numpy, per tile shape)
+      -> vision graph -> image_tokens [U, 256, D]; tile u keeps its first (ph/2)(pw/2) rows
+    input_ids [B, L] -> embedding table [V, D] -> inputs_embeds [B, L, D]
+      with the image tokens written, in order, where input_ids == <image>   (upstream's masked_scatter)
+    inputs_embeds + attention_mask -> text graph -> embeddings [B, L, 128]
+
+Queries skip the first two steps. Output is float32 with padded rows exactly 0, the shape the
+reference returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle, open_bundle
+from .errors import InputError, ModelFilesError, UserError
+from .image import position_weights, unshuffle_index
+
+__all__ = ["ColLFM2", "merge_image_tokens"]
+
+# Tiles per vision call: bounds activation memory (a 1024-patch tile is ~3 MB in, and the
+# attention scores of 12 heads are ~50 MB) while keeping batches large enough to be efficient.
+DEFAULT_VISION_BATCH = 4
+
+
+@lru_cache(maxsize=64)
+def _tile_arrays(ph: int, pw: int, grid: int, max_patches: int, factor: int, max_tokens: int) -> tuple:
+    return position_weights(ph, pw, grid, max_patches), unshuffle_index(ph, pw, factor, max_tokens)
+
+
+def merge_image_tokens(
+    embeds: np.ndarray, input_ids: np.ndarray, tokens: np.ndarray, image_token_id: int
+) -> np.ndarray:
+    """Write ``tokens`` [n, D] into ``embeds`` [B, L, D] at the ``<image>`` positions, row-major.
+
+    The same order as upstream's ``masked_scatter``. A count mismatch means the ids and pixels
+    came from different images, which would silently shift every page after it: refuse.
+    """
+    where = input_ids == image_token_id
+    count = int(where.sum())
+    if count != tokens.shape[0]:
+        raise InputError(
+            f"the batch has {count} <image> tokens but its pixels give {tokens.shape[0]} image tokens; "
+            "input_ids and pixel_values must come from the same process_images call"
+        )
+    embeds[where] = tokens
+    return embeds
+
+
+class ColLFM2:
+    """Torch-free ColLFM2 encoder over a bundle written by ``python -m export --target onnx``."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        precision: str | None = None,
+        providers: Sequence[Any] | None = None,
+        threads: int | None = None,
+        vision_batch: int = DEFAULT_VISION_BATCH,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - a base dependency
+            raise UserError("onnxruntime is not installed: pip install onnxruntime") from exc
+        self.bundle = bundle
+        self.precision = precision or bundle.manifest["default_precision"]
+        entry = bundle.precision(self.precision)
+        m = bundle.model
+        self.image_token_id = int(m["image_token_id"])
+        self.hidden_size = int(m["hidden_size"])
+        self.dim = int(m["dim"])
+        self._grid = int(m["position_grid"])
+        self._max_patches = int(m["max_num_patches"])
+        self._factor = int(m["downsample_factor"])
+        self._max_tokens = int(m["tokens_per_tile"])
+        self.vision_batch = max(1, int(vision_batch))
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        providers = list(providers) if providers else ["CPUExecutionProvider"]
+        available = set(ort.get_available_providers())
+        for p in providers:
+            name = p[0] if isinstance(p, tuple) else p
+            if name not in available:
+                raise UserError(
+                    f"ONNX Runtime provider {name} is not available here (have: {', '.join(sorted(available))})"
+                )
+        self.sessions = {}
+        for graph, spec in entry["graphs"].items():
+            path = bundle.file(spec["file"])
+            try:
+                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc:  # ORT raises its own types; the file is the user's to fix
+                raise ModelFilesError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+        emb = entry["embeddings"]
+        try:
+            # mmap: the fp32 table is 268 MB and a page touches a few hundred of its rows.
+            self.embed_table = np.load(bundle.file(emb["file"]), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ModelFilesError(f"{bundle.file(emb['file'])}: unreadable embedding table ({exc})") from exc
+        if list(self.embed_table.shape) != list(emb["shape"]):
+            raise ModelFilesError(
+                f"{bundle.file(emb['file'])}: shape {self.embed_table.shape}, manifest {emb['shape']}"
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        precision: str | None = None,
+        providers: Sequence[Any] | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+        vision_batch: int = DEFAULT_VISION_BATCH,
+    ) -> ColLFM2:
+        """Open a bundle (checking its manifest and the hashes of ``precision``'s files)."""
+        bundle = open_bundle(Path(path), precision, verify=verify)
+        return cls(bundle, precision, providers, threads, vision_batch)
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
+        """[B, L] ids -> [B, L, D] float32 rows of the embedding table."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.embed_table.shape[0]):
+            raise InputError(f"token id out of range 0..{self.embed_table.shape[0] - 1}")
+        return np.asarray(self.embed_table[ids], dtype=np.float32)
+
+    def image_tokens(
+        self, pixel_values: np.ndarray, pixel_attention_mask: np.ndarray, spatial_shapes: np.ndarray
+    ) -> np.ndarray:
+        """Vision graph over all tiles, in batches -> the real image tokens [n, D], tile order."""
+        shapes = np.asarray(spatial_shapes, dtype=np.int64)
+        n_units = shapes.shape[0]
+        if pixel_values.shape[0] != n_units or pixel_attention_mask.shape[0] != n_units:
+            raise InputError("pixel_values, pixel_attention_mask and spatial_shapes disagree on the number of tiles")
+        session = self.sessions["vision"]
+        f = self._factor
+        out = []
+        for u0 in range(0, n_units, self.vision_batch):
+            u1 = min(n_units, u0 + self.vision_batch)
+            arrays = [
+                _tile_arrays(int(ph), int(pw), self._grid, self._max_patches, f, self._max_tokens)
+                for ph, pw in shapes[u0:u1]
+            ]
+            feeds = {
+                "pixel_values": np.ascontiguousarray(pixel_values[u0:u1], dtype=np.float32),
+                "pixel_attention_mask": np.asarray(pixel_attention_mask[u0:u1], dtype=np.int64),
+                "pos_weights": np.stack([a[0] for a in arrays]),
+                "unshuffle_index": np.stack([a[1] for a in arrays]),
+            }
+            tokens = session.run(None, feeds)[0]  # [b, T, D]
+            for k, (ph, pw) in enumerate(shapes[u0:u1]):
+                out.append(tokens[k, : (int(ph) // f) * (int(pw) // f)])
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.hidden_size), np.float32)
+
+    def text(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Text graph: [B, S, D] + [B, S] -> [B, S, 128] float32, padded rows 0."""
+        feeds = {
+            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
+            "attention_mask": np.asarray(attention_mask, dtype=np.int64),
+        }
+        return np.asarray(self.sessions["text"].run(None, feeds)[0], dtype=np.float32)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def __call__(self, **batch: np.ndarray) -> np.ndarray:
+        """A ``process_images`` or ``process_queries`` batch -> embeddings [B, L, 128]."""
+        return self.encode(batch)
+
+    def encode(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        try:
+            input_ids = np.asarray(batch["input_ids"])
+            attention_mask = np.asarray(batch["attention_mask"])
+        except KeyError as exc:
+            raise InputError(f"batch lacks {exc.args[0]!r}; pass the output of process_images/process_queries") from exc
+        if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+            raise InputError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be [B, L]")
+        embeds = self.embed_tokens(input_ids)
+        if "pixel_values" in batch and batch["pixel_values"] is not None:
+            tokens = self.image_tokens(batch["pixel_values"], batch["pixel_attention_mask"], batch["spatial_shapes"])
+            merge_image_tokens(embeds, input_ids, tokens, self.image_token_id)
+        elif (input_ids == self.image_token_id).any():
+            raise InputError("input_ids hold <image> tokens but the batch has no pixel_values")
+        return self.text(embeds, attention_mask)

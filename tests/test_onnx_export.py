@@ -1,0 +1,263 @@
+"""ONNX export on the tiny preset: graphs, precisions, fidelity targets, bundle contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.graphs import TextGraph, VisionGraph, attention
+from export.parity import compare, maxsim_rel_error, topk_agreement
+from export.recipes import GATES, MAXSIM_MAX_REL_ERROR, RECIPES, Precision
+from export.validate import synthetic_page
+from runtime import ColLFM2, ColLFM2Processor, ModelFilesError, open_bundle, score
+from runtime.bundle import MANIFEST, sha256_file
+from runtime.image import position_weights, unshuffle_index
+
+ALL = tuple(p.value for p in Precision)
+
+
+@pytest.fixture(scope="module")
+def pages_and_queries(tiny_bundle: Path, tiny_model):
+    """Inputs that are not the export's validation grid, and the reference's embeddings of them."""
+    proc = ColLFM2Processor.from_pretrained(tiny_bundle)
+    images = [synthetic_page(300, 700, seed=21), synthetic_page(1100, 800, seed=22), synthetic_page(64, 64, seed=23)]
+    queries = ["net income", "a much longer query about the shipping address on page two", "x"]
+    pb, qb = proc.process_images(images), proc.process_queries(queries)
+    ref_pages = tiny_model.encode(pb)
+    ref_queries = tiny_model.encode(qb)
+    return pb, qb, ref_pages, ref_queries
+
+
+def _real(emb: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    return [emb[i][mask[i] > 0] for i in range(emb.shape[0])]
+
+
+@pytest.mark.parametrize("precision", ALL)
+def test_fidelity_targets(tiny_bundle: Path, pages_and_queries, precision: str) -> None:
+    pb, qb, ref_pages, ref_queries = pages_and_queries
+    model = ColLFM2.from_pretrained(tiny_bundle, precision=precision)
+    pages, queries = model(**pb), model(**qb)
+    assert pages.dtype == np.float32 and pages.shape == (*pb["input_ids"].shape, 128)
+    # Padded rows are exactly zero, real rows unit norm.
+    assert not pages[pb["attention_mask"] == 0].any() and not queries[qb["attention_mask"] == 0].any()
+    got_p, got_q = _real(pages, pb["attention_mask"]), _real(queries, qb["attention_mask"])
+    gate = GATES[Precision(precision)]
+    for ref, got in ((ref_pages, got_p), (ref_queries, got_q)):
+        fid = compare(ref, got)
+        assert not gate.failures(fid.mean_cos, fid.worst_cos, fid.max_abs, unit_norm=True), (precision, fid)
+    s_ref, s_got = score(ref_queries, ref_pages), score(got_q, got_p)
+    if precision == "fp32":
+        assert maxsim_rel_error(s_ref, s_got) <= MAXSIM_MAX_REL_ERROR
+    assert topk_agreement(s_ref, s_got, 1) == 1.0
+
+
+def test_manifest_contract(tiny_bundle: Path) -> None:
+    m = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert m["schema_version"] == 1 and m["opset"] >= 18
+    assert m["source"] == {"kind": "preset", "preset": "tiny", "seed": 0, "random_weights": True}
+    assert set(m["precisions"]) == set(ALL) and m["default_precision"] == "fp32"
+    for v in ("torch", "transformers", "onnx", "onnxruntime"):
+        assert m["versions"][v]
+    assert m["validation"]["passed"] is True
+    for rel, digest in m["files"].items():
+        assert sha256_file(tiny_bundle / rel) == digest
+    for name, entry in m["precisions"].items():
+        recipe = RECIPES[Precision(name)]
+        assert entry["embeddings"]["dtype"] == recipe.embeddings_dtype
+        assert np.load(tiny_bundle / entry["embeddings"]["file"], allow_pickle=False).dtype == recipe.embeddings_dtype
+        assert entry["size_bytes"] > 0
+        for graph in ("vision", "text"):
+            g = entry["graphs"][graph]
+            assert g["method"] in recipe.methods and g["passed"] is True
+            if len(recipe.methods) > 1:
+                assert g["why"] and g["tried"]
+        vision, text = entry["graphs"]["vision"], entry["graphs"]["text"]
+        assert [i["name"] for i in vision["inputs"]] == [
+            "pixel_values", "pixel_attention_mask", "pos_weights", "unshuffle_index"
+        ]  # fmt: skip
+        assert vision["inputs"][0]["shape"] == ["batch", 1024, 768]
+        assert vision["outputs"][0]["shape"][1:] == [256, 64]
+        assert text["inputs"][0]["shape"] == ["batch", "sequence", 64]
+        assert text["outputs"][0] == {"name": "embeddings", "dtype": "float32", "shape": ["batch", "sequence", 128]}
+    # The int8-qdq text graph fails static activation quantisation on random weights and falls back;
+    # whichever way the gate went, the record says why.
+    qdq_text = m["precisions"]["int8-qdq"]["graphs"]["text"]
+    assert qdq_text["why"].startswith(qdq_text["method"])
+
+
+def test_graph_files(tiny_bundle: Path) -> None:
+    ops = {}
+    for p in ALL:
+        for g in ("vision", "text"):
+            model = onnx.load(str(tiny_bundle / p / f"{g}.onnx"))
+            assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+            ops[p, g] = {n.op_type for n in model.graph.node}
+    # The data-dependent ops of upstream's forward stay out of the graphs (reference doc section 6).
+    for found in ops.values():
+        assert not found & {"NonZero", "ScatterND", "Resize", "Loop", "If"}
+    assert "GatherElements" in ops["fp32", "vision"]
+    assert any(op in ops["int8", "text"] for op in ("MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits"))
+    assert "QuantizeLinear" in ops["int8-qdq", "vision"]
+
+
+@pytest.mark.parametrize("shapes", [[(32, 32), (26, 36)], [(2, 2), (4, 62), (62, 4)], [(20, 50), (38, 26), (16, 16)]])
+def test_vision_graph_every_tile_shape(tiny_bundle: Path, tiny_model, shapes) -> None:
+    """Position interpolation and unshuffle, against transformers, for shapes preprocessing makes:
+    non-square, fewer than 256 tokens, mixed in one batch."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    n = len(shapes)
+    pv = rng.standard_normal((n, 1024, 768)).astype(np.float32)
+    mask = np.zeros((n, 1024), np.int64)
+    for i, (h, w) in enumerate(shapes):
+        mask[i, : h * w] = 1
+    with torch.inference_mode():
+        ref = tiny_model.model.get_image_features(
+            pixel_values=torch.from_numpy(pv),
+            spatial_shapes=torch.tensor(shapes),
+            pixel_attention_mask=torch.from_numpy(mask),
+        ).pooler_output
+    sess = ort.InferenceSession(str(tiny_bundle / "fp32" / "vision.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {
+        "pixel_values": pv,
+        "pixel_attention_mask": mask,
+        "pos_weights": np.stack([position_weights(h, w) for h, w in shapes]),
+        "unshuffle_index": np.stack([unshuffle_index(h, w) for h, w in shapes]),
+    }
+    got = sess.run(None, feeds)[0]
+    for i, r in enumerate(ref):
+        fid = compare(r.numpy(), got[i, : r.shape[0]])
+        assert fid.worst_cos > 0.999999 and fid.max_abs < 1e-4, (shapes[i], fid)
+
+
+def test_text_graph_padding(tiny_bundle: Path) -> None:
+    """Left padding, right padding and batch 1 give the unpadded rows; padded rows are 0, never NaN."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tiny_bundle / "fp32" / "text.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 6, 64)).astype(np.float32)
+    alone = sess.run(None, {"inputs_embeds": x, "attention_mask": np.ones((1, 6), np.int64)})[0][0]
+    pad = rng.standard_normal((1, 4, 64)).astype(np.float32) * 50  # junk that must not leak through the conv
+    left = np.concatenate([pad, x], axis=1)
+    right = np.concatenate([x, pad], axis=1)
+    lmask = np.array([[0] * 4 + [1] * 6], np.int64)
+    rmask = lmask[:, ::-1].copy()
+    for emb, m, rows in ((left, lmask, slice(4, 10)), (right, rmask, slice(0, 6))):
+        out = sess.run(None, {"inputs_embeds": emb, "attention_mask": m})[0][0]  # batch 1, padded
+        assert np.isfinite(out).all()
+        assert np.abs(out[rows] - alone).max() < 1e-5
+        assert not out[m[0] == 0].any()
+    both = sess.run(
+        None, {"inputs_embeds": np.concatenate([left, right]), "attention_mask": np.concatenate([lmask, rmask])}
+    )[0]
+    assert np.abs(both[0, 4:] - alone).max() < 1e-5 and np.abs(both[1, :6] - alone).max() < 1e-5
+
+
+def test_wrappers_match_reference_model(tiny_model) -> None:
+    """The export wrappers (eager, our masks) equal the reference model's whole forward."""
+    proc_ids = torch.tensor([[0, 0, 1, 5, 9, 13], [1, 7, 8, 2, 3, 4]])
+    am = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.inference_mode():
+        ref = tiny_model(proc_ids, am)
+        embeds = tiny_model.model.language_model.embed_tokens(proc_ids)
+        with attention(tiny_model, "eager"):
+            got = TextGraph(tiny_model)(embeds, am)
+    keep = am.bool()
+    assert torch.allclose(ref[keep], got[keep], atol=1e-5)
+    assert not got[~keep].any()
+    assert VisionGraph(tiny_model).patch_embedding is tiny_model.model.vision_tower.embeddings.patch_embedding
+
+
+# -- the bundle contract -------------------------------------------------------------------
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refuses_tampered_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    b = _copy(tiny_bundle, tmp_path / "b")
+    with open(b / "fp32" / "text.onnx", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ModelFilesError, match="sha256"):
+        ColLFM2.from_pretrained(b, precision="fp32")
+    ColLFM2.from_pretrained(b, precision="fp16")  # only the files a precision uses are checked
+
+
+def test_refuses_wrong_schema_and_format(tiny_bundle: Path, tmp_path: Path) -> None:
+    b = _copy(tiny_bundle, tmp_path / "b")
+    m = json.loads((b / MANIFEST).read_text())
+    (b / MANIFEST).write_text(json.dumps({**m, "schema_version": 99}))
+    with pytest.raises(ModelFilesError, match="schema version 99"):
+        open_bundle(b)
+    (b / MANIFEST).write_text(json.dumps({**m, "format": "something-else"}))
+    with pytest.raises(ModelFilesError, match="format"):
+        open_bundle(b)
+    (b / MANIFEST).write_text("{not json")
+    with pytest.raises(ModelFilesError, match="JSON"):
+        open_bundle(b)
+    (b / MANIFEST).unlink()
+    with pytest.raises(ModelFilesError, match=r"no manifest\.json"):
+        open_bundle(b)
+    with pytest.raises(ModelFilesError, match="no such bundle"):
+        open_bundle(tmp_path / "nowhere")
+
+
+def test_missing_file_and_precision(tiny_bundle: Path, tmp_path: Path) -> None:
+    b = _copy(tiny_bundle, tmp_path / "b")
+    (b / "int8" / "vision.onnx").unlink()
+    with pytest.raises(ModelFilesError, match="missing"):
+        ColLFM2.from_pretrained(b, precision="int8")
+    m = json.loads((b / MANIFEST).read_text())
+    del m["precisions"]["fp16"]
+    (b / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ModelFilesError, match="no 'fp16' graphs"):
+        ColLFM2.from_pretrained(b, precision="fp16")
+
+
+def test_never_unpickles(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A pickled (object) embedding table is refused even when its hash is listed."""
+    b = _copy(tiny_bundle, tmp_path / "b")
+    rel = "fp32/embeddings.npy"
+    np.save(b / rel, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    m = json.loads((b / MANIFEST).read_text())
+    m["files"][rel] = sha256_file(b / rel)
+    (b / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ModelFilesError, match="embedding table"):
+        ColLFM2.from_pretrained(b, precision="fp32")
+
+
+def test_batch_mismatch_is_refused(tiny_bundle: Path) -> None:
+    from runtime import InputError
+
+    model = ColLFM2.from_pretrained(tiny_bundle)
+    proc = ColLFM2Processor.from_pretrained(tiny_bundle)
+    a = proc.process_images([synthetic_page(512, 512)])
+    b = proc.process_images([synthetic_page(900, 300)])
+    with pytest.raises(InputError, match="image tokens"):
+        model(**{**a, "pixel_values": b["pixel_values"], "pixel_attention_mask": b["pixel_attention_mask"],
+                 "spatial_shapes": b["spatial_shapes"]})  # fmt: skip
+    q = proc.process_queries(["hi"])
+    with pytest.raises(InputError, match="no pixel_values"):
+        model(input_ids=a["input_ids"], attention_mask=a["attention_mask"])
+    with pytest.raises(InputError, match="out of range"):
+        model(input_ids=q["input_ids"] + 10**6, attention_mask=q["attention_mask"])
+
+
+def test_unknown_provider_says_what_is_there(tiny_bundle: Path) -> None:
+    from runtime import UserError
+
+    with pytest.raises(UserError, match="not available here"):
+        ColLFM2.from_pretrained(tiny_bundle, providers=["NoSuchExecutionProvider"])
