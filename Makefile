@@ -1,10 +1,13 @@
 # Two entry points, both self-contained on a fresh machine:
-#   make demo   set up, write the default (random-weight) checkpoint, encode and search sample pages
+#   make demo   set up, write the default (random-weight) checkpoint, export it to an ONNX bundle,
+#               encode and search sample pages with the torch-free runtime
 #   make test   set up, lint, run the offline CPU test suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The demo exports fp32 only, to stay quick; pass DEMO_PRECISION=fp32,fp16,int8 for all three.
+DEMO_PRECISION ?= fp32
 
 .PHONY: setup demo test lint format clean
 
@@ -22,7 +25,9 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m export --target checkpoint --model random --out build/collfm2-random --force
-	$(BIN)/python -m export.demo --model build/collfm2-random
+	$(BIN)/python -m export --target onnx --model build/collfm2-random --out build/bundle-random \
+		--precision $(DEMO_PRECISION) --force
+	$(BIN)/python -m export.demo --bundle build/bundle-random
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,9 +1,10 @@
 """``python -m export.demo``: encode a few sample pages and search them, end to end.
 
-Loads a ColLFM2 checkpoint from disk (by default the one ``make demo`` writes from the random
-preset), renders sample pages, preprocesses them with the torch-free runtime, encodes pages and
-queries with the PyTorch reference model, and ranks pages by MaxSim with ``runtime.score``.
-With random weights the ranking is meaningless; the demo says so.
+Renders sample pages, preprocesses them with the torch-free runtime, encodes pages and queries,
+and ranks pages by MaxSim with ``runtime.score``. Encoding runs on an exported bundle with
+``runtime.ColLFM2`` (``--bundle``, what ``make demo`` does: no torch involved) or on a checkpoint
+with the PyTorch reference (``--model``). With random weights the ranking is meaningless; the
+demo says so.
 """
 
 from __future__ import annotations
@@ -55,35 +56,55 @@ def render_pages(out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="build/collfm2-random", help="ColLFM2 checkpoint directory")
+    p.add_argument("--bundle", help="ONNX bundle directory (python -m export --target onnx): encode with ONNX Runtime")
+    p.add_argument("--model", help="ColLFM2 checkpoint directory: encode with the PyTorch reference instead")
+    p.add_argument("--precision", default=None, help="bundle precision (default: the bundle's default)")
     p.add_argument("--pages", default="build/sample_pages", help="where to write the sample pages")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", default=None, help="--model only: cpu or cuda (default: cuda when present)")
     a = p.parse_args(argv)
-
-    from .checkpoint import load_checkpoint
-    from .reference import pick_device
+    if bool(a.bundle) == bool(a.model):
+        p.error("give exactly one of --bundle or --model")
 
     try:
-        device, dtype = pick_device(a.device)
         t0 = time.perf_counter()
-        loaded = load_checkpoint(a.model, device=device, dtype=dtype)
-        print(f"[demo] loaded {a.model} on {device} in {time.perf_counter() - t0:.1f}s: " + "; ".join(loaded.notes))
-        proc = ColLFM2Processor.from_pretrained(a.model)
+        if a.bundle:
+            from runtime import ColLFM2
+
+            model = ColLFM2.from_pretrained(a.bundle, precision=a.precision)
+            random_weights = model.bundle.random_weights
+
+            def encode(batch: dict) -> list[np.ndarray]:
+                emb, mask = model(**batch), batch["attention_mask"]
+                return [emb[i][mask[i] > 0] for i in range(emb.shape[0])]
+
+            what = f"bundle {a.bundle} ({model.precision}, ONNX Runtime CPU)"
+            proc_dir = a.bundle
+        else:
+            from .checkpoint import load_checkpoint
+            from .reference import pick_device
+
+            device, dtype = pick_device(a.device)
+            loaded = load_checkpoint(a.model, device=device, dtype=dtype)
+            random_weights = loaded.random_weights
+            encode = loaded.model.encode
+            what = f"checkpoint {a.model} (PyTorch reference on {device}): " + "; ".join(loaded.notes)
+            proc_dir = a.model
+        print(f"[demo] loaded {what} in {time.perf_counter() - t0:.1f}s")
+        proc = ColLFM2Processor.from_pretrained(proc_dir)
         paths = render_pages(Path(a.pages))
         print(f"[demo] rendered {len(paths)} sample pages into {a.pages}/")
         docs = []
         for path in paths:
             t = time.perf_counter()
-            batch = proc.process_images([path])
-            docs += loaded.model.encode(batch)
+            docs += encode(proc.process_images([path]))
             print(f"[demo] encoded {path.name}: {docs[-1].shape[0]} vectors x {docs[-1].shape[1]} in "
                   f"{time.perf_counter() - t:.1f}s")  # fmt: skip
-        q_emb = loaded.model.encode(proc.process_queries(QUERIES))
+        q_emb = encode(proc.process_queries(QUERIES))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     scores = score(q_emb, docs)
-    if loaded.random_weights:
+    if random_weights:
         print("\n*** RANDOM WEIGHTS: the pipeline is real, the ranking below is meaningless. ***")
     for qi, query in enumerate(QUERIES):
         order = np.argsort(-scores[qi])

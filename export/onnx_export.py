@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -87,7 +88,11 @@ def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) 
         inputs = ["inputs_embeds", "attention_mask"]
         outputs = ["embeddings"]
         dynamic = {k: {0: "batch", 1: "sequence"} for k in inputs}
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # Known noise from torch 2.13's exporter: a pytree deprecation inside torch itself, and a note
+        # that axes sharing a name share a symbol (which is the point of naming them).
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
         torch.onnx.export(
             module,
             example,
@@ -209,6 +214,7 @@ def build_precision(
     log: Log,
 ) -> dict[str, dict[str, Any]]:
     """Write ``out_dir/{vision,text}.onnx`` for ``precision``; the gate picks each graph's method."""
+    from .quantize import apply_method
     from .validate import graph_fidelity, load_session
 
     recipe = RECIPES[precision]
@@ -222,8 +228,6 @@ def build_precision(
             t0 = time.perf_counter()
             feeds = calibration()[graph] if method == "static-qdq" else None
             cand = dst if len(recipe.methods) == 1 else out_dir / f".{graph}.{method}.onnx"
-            from .quantize import apply_method
-
             apply_method(method, fp32_graphs[graph], cand, feeds)
             record: dict[str, Any] = {"method": method, "what": METHODS[method]}
             if reference is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,7 +45,10 @@ def _save(model: onnx.ModelProto, dst: Path) -> None:
 
 
 def fp32(src: Path, dst: Path, calibration: Feeds | None = None) -> None:
-    shutil.copyfile(src, dst)
+    try:  # the fp32 text graph is over 1 GB: share the bytes when the filesystem allows
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def fp16(src: Path, dst: Path, calibration: Feeds | None = None) -> None:

@@ -68,7 +68,11 @@ class ColLFM2:
         providers: Sequence[Any] | None = None,
         threads: int | None = None,
         vision_batch: int = DEFAULT_VISION_BATCH,
+        output_dtype: str = "float32",
     ) -> None:
+        if output_dtype not in ("float32", "float16"):
+            raise ValueError(f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}")
+        self.output_dtype = np.dtype(output_dtype)
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a base dependency
@@ -124,10 +128,14 @@ class ColLFM2:
         threads: int | None = None,
         verify: bool = True,
         vision_batch: int = DEFAULT_VISION_BATCH,
+        output_dtype: str = "float32",
     ) -> ColLFM2:
-        """Open a bundle (checking its manifest and the hashes of ``precision``'s files)."""
+        """Open a bundle (checking its manifest and the hashes of ``precision``'s files).
+
+        ``output_dtype="float16"`` halves what an index stores; scoring accumulates in fp32 anyway.
+        """
         bundle = open_bundle(Path(path), precision, verify=verify)
-        return cls(bundle, precision, providers, threads, vision_batch)
+        return cls(bundle, precision, providers, threads, vision_batch, output_dtype)
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -194,4 +202,4 @@ class ColLFM2:
             merge_image_tokens(embeds, input_ids, tokens, self.image_token_id)
         elif (input_ids == self.image_token_id).any():
             raise InputError("input_ids hold <image> tokens but the batch has no pixel_values")
-        return self.text(embeds, attention_mask)
+        return self.text(embeds, attention_mask).astype(self.output_dtype, copy=False)

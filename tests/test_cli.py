@@ -72,3 +72,67 @@ def test_runtime_preprocess_reports_and_skips_bad_files(tmp_path: Path, tiny_ckp
     assert res.returncode == 2 and "empty query" in res.stderr
     res = _run("runtime", "preprocess", "--model", str(tmp_path), str(good))
     assert res.returncode == 2 and res.stderr.count("\n") == 1
+
+
+def test_onnx_dry_run_defaults_to_random_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    res = _run("export", "--target", "onnx", "--out", str(out), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "using the 'random' preset (RANDOM weights)" in res.stdout
+    for step in ("export ", "fp32", "fp16", "int8", "dynamic-int8 -> weight-only-int8", "package"):
+        assert step in res.stdout
+    assert not out.exists()
+
+
+def test_onnx_bad_precision_and_opset(tmp_path: Path) -> None:
+    res = _run("export", "--target", "onnx", "--out", str(tmp_path / "b"), "--precision", "fp8", "--dry-run")
+    assert res.returncode == 2 and "unknown precision 'fp8'" in res.stderr
+    res = _run("export", "--target", "onnx", "--out", str(tmp_path / "b"), "--opset", "17", "--dry-run")
+    assert res.returncode == 2 and "--opset must be >= 18" in res.stderr
+
+
+def test_onnx_export_cli_fp32(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    res = _run("export", "--target", "onnx", "--model", "tiny", "--out", str(out), "--precision", "fp32", "--validate")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "RANDOM WEIGHTS" in res.stdout and "validate fp32" in res.stdout and "PASS" in res.stdout
+    assert json.loads((out / "manifest.json").read_text())["validation"]["passed"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+    res = _run("export", "--target", "onnx", "--model", "tiny", "--out", str(out), "--precision", "fp32")
+    assert res.returncode == 2 and "already exists; pass --force" in res.stderr
+
+
+def test_interrupted_export_leaves_no_bundle(tmp_path: Path, monkeypatch) -> None:
+    """A failure (or Ctrl-C) mid-export leaves neither --out nor a temp dir; an old bundle survives."""
+    from export import onnx_export
+    from export.recipes import Precision
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")  # a previous bundle, replaced only on success
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "build_precision", boom)
+    cfg = onnx_export.OnnxConfig("tiny", str(out), (Precision.FP32,), force=True)
+    try:
+        onnx_export.run(cfg, log=lambda m: None)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt was swallowed")
+    assert (out / "manifest.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_demo_on_a_bundle_and_on_a_checkpoint(tmp_path: Path, tiny_bundle: Path, tiny_ckpt: Path) -> None:
+    # The tiny bundle records its random preset; the tiny_ckpt fixture is written without provenance.
+    for flag, path, random in (("--bundle", tiny_bundle, True), ("--model", tiny_ckpt, False)):
+        res = _run("export.demo", flag, str(path), "--pages", str(tmp_path / "pages"), "--device", "cpu")
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert ("RANDOM WEIGHTS" in res.stdout) is random and res.stdout.count("query:") == 3
+    res = _run("export.demo")
+    assert res.returncode == 2 and "exactly one of --bundle or --model" in res.stderr
+    res = _run("export.demo", "--bundle", str(tmp_path / "missing"))
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "no such bundle" in res.stderr

@@ -256,6 +256,16 @@ def test_batch_mismatch_is_refused(tiny_bundle: Path) -> None:
         model(input_ids=q["input_ids"] + 10**6, attention_mask=q["attention_mask"])
 
 
+def test_output_dtype(tiny_bundle: Path) -> None:
+    proc = ColLFM2Processor.from_pretrained(tiny_bundle)
+    q = proc.process_queries(["net income"])
+    full = ColLFM2.from_pretrained(tiny_bundle)(**q)
+    half = ColLFM2.from_pretrained(tiny_bundle, output_dtype="float16")(**q)
+    assert half.dtype == np.float16 and np.abs(half.astype(np.float32) - full).max() < 1e-3
+    with pytest.raises(ValueError, match="output_dtype"):
+        ColLFM2.from_pretrained(tiny_bundle, output_dtype="int8")
+
+
 def test_unknown_provider_says_what_is_there(tiny_bundle: Path) -> None:
     from runtime import UserError
 

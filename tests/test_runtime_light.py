@@ -28,3 +28,29 @@ def test_runtime_imports_and_runs_without_torch(tiny_ckpt: Path) -> None:
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_ckpt)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+ENCODE = """
+import sys
+for name in ("torch", "transformers", "torchvision", "safetensors", "onnx"):
+    sys.modules[name] = None
+import numpy as np
+from runtime import ColLFM2, ColLFM2Processor
+proc = ColLFM2Processor.from_pretrained(sys.argv[1])
+for precision in ("fp32", "fp16", "int8", "int8-qdq"):
+    model = ColLFM2.from_pretrained(sys.argv[1], precision=precision)
+    pages = model(**proc.process_images([np.full((600, 500, 3), 200, np.uint8)]))
+    queries = model(**proc.process_queries(["hello world", "a"]))
+    assert pages.shape[-1] == queries.shape[-1] == 128 and np.isfinite(pages).all()
+loaded = [m for m in sys.modules if sys.modules[m] is not None]
+heavy = sorted(m for m in loaded if m.split(".")[0] in ("torch", "transformers", "onnx"))
+assert not heavy, heavy
+print("ok")
+"""
+
+
+def test_runtime_encodes_without_torch(tiny_bundle: Path) -> None:
+    """Loading a bundle and encoding pages and queries needs neither torch nor onnx."""
+    res = subprocess.run([sys.executable, "-c", ENCODE, str(tiny_bundle)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
