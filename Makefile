@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make demo   set up, write the default (random-weight) checkpoint, export it to an ONNX bundle,
-#               encode and search sample pages with the torch-free runtime
+#               encode and rank sample pages with the torch-free runtime, index them (PNGs + a PDF)
+#               and search the index
 #   make test   set up, lint, run the offline CPU test suite
 PY ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ DEMO_PRECISION ?= fp32
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,dev,pdf,qdrant]"
 	# Parity-test oracles. --no-deps: torchvision 0.28.0 is the release that pairs with torch 2.13
 	# (its CUDA-only C ops are never used; see export/_compat.py), and sauerkrautlm-colpali pins
 	# torch<2.9 in its metadata although its processor code runs fine on 2.13.
@@ -28,6 +29,9 @@ demo: $(STAMP)
 	$(BIN)/python -m export --target onnx --model build/collfm2-random --out build/bundle-random \
 		--precision $(DEMO_PRECISION) --force
 	$(BIN)/python -m export.demo --bundle build/bundle-random
+	rm -rf build/index
+	$(BIN)/python -m runtime index add --index build/index --bundle build/bundle-random build/sample_pages
+	$(BIN)/python -m runtime search --index build/index -k 5 "total amount due on the invoice"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -44,13 +44,16 @@ def render_page(lines: list[str]) -> Image.Image:
 
 
 def render_pages(out_dir: Path) -> list[Path]:
-    """The sample pages, written as PNGs under ``out_dir``."""
+    """The sample pages as PNGs under ``out_dir``, plus ``report.pdf`` (two of them as a 2-page
+    PDF, for the index demo). Returns the PNG paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, images = [], []
     for name, lines in SAMPLE_PAGES.items():
         path = out_dir / name
-        render_page(lines).save(path)
+        images.append(render_page(lines))
+        images[-1].save(path)
         paths.append(path)
+    images[1].save(out_dir / "report.pdf", save_all=True, append_images=[images[2]], resolution=72)
     return paths
 
 

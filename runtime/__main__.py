@@ -1,10 +1,15 @@
-"""``python -m runtime``: inspect what the runtime makes of images and queries.
+"""``python -m runtime``: encode, index and search pages on the device; inspect preprocessing.
 
-    python -m runtime preprocess --model DIR [--json] IMAGE...   # tiles, tokens, shapes per image
-    python -m runtime tokenize --model DIR [--json] QUERY...     # query ids, as the model sees them
+    python -m runtime encode --bundle BUNDLE --out FILE.npz PATH...       # images, folders, PDFs
+    python -m runtime index add --index DIR [--bundle BUNDLE] PATH...     # bundle recorded at creation
+    python -m runtime index info --index DIR [--json]
+    python -m runtime index remove --index DIR PATH...
+    python -m runtime search --index DIR [-k 10] [--json] QUERY
+    python -m runtime preprocess --model DIR [--json] IMAGE...            # tiles, tokens, shapes per image
+    python -m runtime tokenize --model DIR [--json] QUERY...              # query ids, as the model sees them
 
-DIR is a ColLFM2 checkpoint or an export bundle. User errors print one line and exit 2; when some
-images of a batch fail, the rest are still reported and the exit code is 1.
+User errors print one line and exit 2. When some pages of a batch fail, each is reported on one
+line, the rest are processed (and committed), and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime", description="collfm2-edge runtime tools")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    from .cli_index import add_parsers, run_command
+
+    add_parsers(sub)
     pre = sub.add_parser("preprocess", help="show how images are tiled and tokenised")
     _add_model_args(pre)
     pre.add_argument("images", nargs="+")
@@ -35,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_args(tok)
     tok.add_argument("queries", nargs="+")
     args = parser.parse_args(argv)
+    if args.cmd in ("encode", "index", "search"):
+        return run_command(args)
 
     try:
         proc = ColLFM2Processor.from_pretrained(args.model, decode=args.decode, tile_labels=args.tile_labels)

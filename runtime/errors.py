@@ -7,7 +7,7 @@ escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["ImageError", "InputError", "ModelFilesError", "QueryError", "UserError"]
+__all__ = ["ImageError", "InputError", "ModelFilesError", "QueryError", "StoreError", "UserError"]
 
 
 class UserError(Exception):
@@ -32,3 +32,7 @@ class QueryError(InputError):
 
 class ModelFilesError(UserError):
     """A checkpoint or bundle directory that is missing, incomplete or inconsistent."""
+
+
+class StoreError(UserError):
+    """An index or collection that is missing, damaged, locked, or made with another bundle."""

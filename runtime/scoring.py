@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_item_list", "score"]
+__all__ = ["as_item_list", "score", "score_packed"]
 
 ArrayOrList = np.ndarray | Sequence[np.ndarray]
 
@@ -64,13 +64,6 @@ def score(
     if qs[0].shape[1] != ds[0].shape[1]:
         raise ValueError(f"query dim {qs[0].shape[1]} != document dim {ds[0].shape[1]}")
     clamp = mode == "reference" and len({len(d) for d in ds}) > 1
-    # Empty queries score 0 against everything; leave them out of the matmul.
-    live = [i for i, q in enumerate(qs) if len(q)]
-    if not live:
-        return out
-    q_all = np.concatenate([qs[i].astype(np.float32, copy=False) for i in live], axis=0)  # [Nq, dim]
-    q_starts = np.cumsum([0] + [len(qs[i]) for i in live])[:-1]
-
     start = 0
     while start < len(ds):
         stop, rows = start, 0
@@ -78,16 +71,49 @@ def score(
             rows += len(ds[stop])
             stop += 1
         block = ds[start:stop]
-        d_all = np.concatenate([d.astype(np.float32, copy=False) for d in block], axis=0)  # [Nd, dim]
-        sims = q_all @ d_all.T  # [Nq, Nd]
-        d_starts = np.cumsum([0] + [len(d) for d in block])
-        for k, d in enumerate(block):
-            if len(d) == 0:
-                # Nothing to match: upstream's padding would give 0 per row; exact MaxSim is empty.
-                continue
-            best = sims[:, d_starts[k] : d_starts[k + 1]].max(axis=1)  # [Nq]
+        packed = np.concatenate([d.astype(np.float32, copy=False) for d in block], axis=0)  # [Nd, dim]
+        offsets = np.cumsum([0] + [len(d) for d in block])
+        out[:, start:stop] = score_packed(qs, packed, offsets, clamp=clamp, block_rows=block_rows)
+        start = stop
+    return out
+
+
+def score_packed(
+    queries: ArrayOrList,
+    rows: np.ndarray,
+    offsets: np.ndarray,
+    clamp: bool = False,
+    block_rows: int = 1 << 18,
+) -> np.ndarray:
+    """MaxSim of queries against documents stored back to back: document ``j`` is
+    ``rows[offsets[j]:offsets[j+1]]``. ``rows`` may be an fp16 memory map (an index segment); it
+    is read in blocks of whole documents of about ``block_rows`` rows, promoted to float32.
+
+    Returns [n_queries, n_documents] float32. An empty query or document scores 0.
+    """
+    qs = as_item_list(queries, "queries")
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n_docs = len(offsets) - 1
+    out = np.zeros((len(qs), n_docs), dtype=np.float32)
+    live = [i for i, q in enumerate(qs) if len(q)]
+    if not live or n_docs <= 0:
+        return out
+    q_all = np.concatenate([qs[i].astype(np.float32, copy=False) for i in live], axis=0)  # [Nq, dim]
+    q_starts = np.cumsum([0] + [len(qs[i]) for i in live])[:-1]
+    lengths = np.diff(offsets)
+    first = 0
+    while first < n_docs:
+        # Whole documents up to about block_rows rows (at least one).
+        last = int(np.searchsorted(offsets, offsets[first] + block_rows, side="right")) - 1
+        last = min(max(last, first + 1), n_docs)
+        lo, hi = int(offsets[first]), int(offsets[last])
+        block = np.asarray(rows[lo:hi], dtype=np.float32)  # [rows, dim]
+        sims = q_all @ block.T  # [Nq, rows]
+        keep = np.flatnonzero(lengths[first:last] > 0)  # reduceat cannot express an empty segment
+        if len(keep):
+            best = np.maximum.reduceat(sims, (offsets[first:last][keep] - lo), axis=1)  # [Nq, kept docs]
             if clamp:
                 np.maximum(best, 0.0, out=best)
-            out[live, start + k] = np.add.reduceat(best, q_starts)
-        start = stop
+            out[np.ix_(live, first + keep)] = np.add.reduceat(best, q_starts, axis=0)
+        first = last
     return out

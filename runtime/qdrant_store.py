@@ -1,0 +1,148 @@
+"""Scale-out on Qdrant: the same pages as multivector points with the MaxSim comparator.
+
+Each page is one point whose vector is the page's [n, 128] rows (``MultiVectorConfig(MAX_SIM)``
+with ``Distance.DOT``: our rows are unit norm, so this is exactly our MaxSim), with payload
+``{path, page, content_hash, size, added}``. The bundle identity lives in the payload of one
+reserved point (``kind = "meta"``), so a collection refuses vectors of another bundle just as the
+local index does. ``location`` is a server URL (``http://host:6333``), a directory (qdrant-client's
+embedded local mode, real Qdrant semantics without a server), or ``":memory:"``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError, UserError
+from .index import Hit, PageRecord
+
+__all__ = ["QdrantStore"]
+
+_META_ID = str(uuid.UUID(int=0))
+
+
+def _client(location: str) -> Any:
+    try:
+        from qdrant_client import QdrantClient
+    except ImportError:
+        raise UserError("the qdrant backend needs qdrant-client (pip install 'collfm2-edge[qdrant]')") from None
+    if location.startswith(("http://", "https://")):
+        return QdrantClient(url=location)
+    if location == ":memory:":
+        return QdrantClient(location=":memory:")
+    return QdrantClient(path=location)
+
+
+class QdrantStore:
+    def __init__(self, client: Any, collection: str, dim: int) -> None:
+        self.client = client
+        self.collection = collection
+        self.dim = dim
+
+    @classmethod
+    def open(cls, location: str, collection: str, identity: dict[str, str] | None = None) -> QdrantStore:
+        """Open ``collection``; create it when ``identity`` is given and it does not exist."""
+        from qdrant_client import models
+
+        client = _client(location)
+        if not client.collection_exists(collection):
+            if identity is None:
+                raise StoreError(f"qdrant {location}: no collection {collection!r} (add pages with --bundle first)")
+            dim = int(identity["dim"])
+            client.create_collection(
+                collection,
+                vectors_config=models.VectorParams(
+                    size=dim,
+                    distance=models.Distance.DOT,
+                    multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+                ),
+            )
+            client.upsert(
+                collection,
+                [models.PointStruct(id=_META_ID, vector=[[0.0] * dim], payload={"kind": "meta", **identity})],
+                wait=True,
+            )
+        store = cls(client, collection, 0)
+        store.dim = int(store.meta["dim"])
+        return store
+
+    @property
+    def meta(self) -> dict[str, str]:
+        got = self.client.retrieve(self.collection, [_META_ID], with_payload=True)
+        if not got:
+            raise StoreError(f"qdrant collection {self.collection!r} was not made by collfm2-edge (no meta point)")
+        return {k: v for k, v in got[0].payload.items() if k != "kind"}
+
+    def check_bundle(self, identity: dict[str, str]) -> None:
+        meta = self.meta
+        for key in ("bundle_manifest_sha256", "precision", "dim"):
+            if meta.get(key) != identity.get(key):
+                raise StoreError(
+                    f"qdrant collection {self.collection!r}: built with bundle {meta.get('bundle_model')} "
+                    f"({meta.get('precision')}), not {identity.get('bundle_model')} ({identity.get('precision')}): "
+                    f"{key} differs; use a new collection"
+                )
+
+    def _page_filter(self, **match: Any) -> Any:
+        from qdrant_client import models
+
+        conds = [models.FieldCondition(key="kind", match=models.MatchValue(value="page"))]
+        conds += [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in match.items()]
+        return models.Filter(must=conds)
+
+    def has(self, content_hash: str) -> bool:
+        return self.client.count(self.collection, self._page_filter(content_hash=content_hash), exact=True).count > 0
+
+    def add_batch(self, records: Sequence[PageRecord]) -> int:
+        from qdrant_client import models
+
+        points, seen = [], set()
+        for r in records:
+            if r.content_hash in seen or self.has(r.content_hash):
+                continue
+            seen.add(r.content_hash)
+            # Deterministic ids: re-adding the same page after a crash overwrites, never duplicates.
+            pid = str(uuid.uuid5(uuid.NAMESPACE_URL, r.content_hash))
+            payload = {"kind": "page", "path": r.path, "page": r.page, "content_hash": r.content_hash,
+                       "size": r.size, "added": time.time()}  # fmt: skip
+            vec = np.asarray(r.embeddings, dtype=np.float32).tolist()
+            points.append(models.PointStruct(id=pid, vector=vec, payload=payload))
+        if points:
+            self.client.upsert(self.collection, points, wait=True)
+        return len(points)
+
+    def remove(self, paths: Sequence[str]) -> int:
+        from qdrant_client import models
+
+        n = 0
+        for p in paths:
+            flt = self._page_filter(path=p)
+            n += self.client.count(self.collection, flt, exact=True).count
+            self.client.delete(self.collection, models.FilterSelector(filter=flt), wait=True)
+        return n
+
+    def info(self) -> dict[str, Any]:
+        pages = self.client.count(self.collection, self._page_filter(), exact=True).count
+        return {**self.meta, "backend": "qdrant", "collection": self.collection, "pages": pages}
+
+    def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[Hit]]:
+        out = []
+        for q in queries:
+            res = self.client.query_points(
+                self.collection,
+                query=np.asarray(q, dtype=np.float32).tolist(),
+                query_filter=self._page_filter(),
+                limit=k,
+                with_payload=True,
+            ).points
+            out.append(
+                [Hit(i + 1, float(p.score), p.payload["path"], int(p.payload["page"])) for i, p in enumerate(res)]
+            )
+        return out
+
+    def close(self) -> None:
+        self.client.close()
