@@ -107,6 +107,13 @@ def test_bad_inputs_through_the_cli(tiny_bundle: Path, pages_dir: Path, tmp_path
     (bad / "text.png").write_text("hello")
     (bad / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
     Image.new("RGB", (1, 20000)).save(bad / "strip.png")
+    synthetic_page(400, 300).save(bad / "cut.jpg")
+    (bad / "cut.jpg").write_bytes((bad / "cut.jpg").read_bytes()[:600])  # truncated JPEG
+    bomb = Image.new("L", (1, 1))
+    bomb.save(bad / "bomb.png")
+    data = bytearray((bad / "bomb.png").read_bytes())
+    data[16:24] = (60000).to_bytes(4, "big") * 2  # IHDR claims 60000x60000
+    (bad / "bomb.png").write_bytes(bytes(data))
     idx = str(tmp_path / "idx")
     b = str(tiny_bundle)
     cases = [
@@ -115,6 +122,8 @@ def test_bad_inputs_through_the_cli(tiny_bundle: Path, pages_dir: Path, tmp_path
         ("index", "add", "--index", idx, "--bundle", b, str(bad / "text.png")),
         ("index", "add", "--index", idx, "--bundle", b, str(bad / "broken.pdf")),
         ("index", "add", "--index", idx, "--bundle", b, str(bad / "strip.png")),
+        ("index", "add", "--index", idx, "--bundle", b, str(bad / "cut.jpg")),
+        ("index", "add", "--index", idx, "--bundle", b, str(bad / "bomb.png")),
         ("index", "add", "--index", idx, "--bundle", str(tmp_path / "nobundle"), str(pages_dir)),
         ("index", "add", "--index", str(tmp_path / "new"), str(pages_dir)),  # no index and no --bundle
         ("search", "--index", str(tmp_path / "nowhere"), "hello"),
@@ -128,9 +137,11 @@ def test_bad_inputs_through_the_cli(tiny_bundle: Path, pages_dir: Path, tmp_path
     # A batch with good and bad pages: the good ones are committed, the run exits 1.
     res = _cli("index", "add", "--index", idx, "--bundle", b, str(bad), str(pages_dir / "invoice.png"))
     assert res.returncode == 1 and "added 1 page(s)" in res.stdout
-    assert res.stderr.count("error: ") == 4
+    assert res.stderr.count("error: ") == 6
     res = _cli("search", "--index", idx, " ")
     assert res.returncode == 2 and "empty query" in res.stderr
+    res = _cli("search", "--index", idx, "word " * 3000)
+    assert res.returncode == 2 and "tokens" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_encode_npz(tiny_bundle: Path, pages_dir: Path, tmp_path: Path) -> None:
@@ -288,6 +299,18 @@ def test_1000_page_ingest_keeps_memory_flat(tmp_path: Path) -> None:
         assert len(index.pages()) == 1000 and index.check() == []
     growth = (max(samples[10:]) - warm) / warm
     assert growth < 0.05, f"RSS grew {growth:.1%} after warm-up"
+
+
+def test_progress_bar_only_when_asked() -> None:
+    from runtime.ingest import progress
+
+    quiet = progress(10, "x", enabled=False)
+    assert type(quiet).__name__ == "_Quiet"
+    quiet.update()
+    quiet.close()
+    bar = progress(10, "x", enabled=True)
+    assert type(bar).__name__ == "tqdm"
+    bar.close()
 
 
 def test_iter_sources_reports_missing_and_empty_folders(tmp_path: Path) -> None:
