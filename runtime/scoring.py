@@ -12,11 +12,49 @@ per-row max is clamped at >= 0. Use it only to compare with upstream numbers.
 
 from __future__ import annotations
 
+import base64
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_item_list", "score", "score_packed"]
+__all__ = ["as_item_list", "score", "score_packed", "similarities"]
+
+# A 2-node ONNX graph, ``sims = queries @ float32(docs).T`` (Cast + Gemm(transB=1), opset 18),
+# for fp16 document rows. numpy converts fp16 one element at a time (~2.5 ns each here), which
+# made an index scan 5x slower than its GEMM; ONNX Runtime's Cast uses F16C and threads. The
+# bytes are built with onnx.helper in tests/test_scoring.py, which checks they still match; they
+# live here because the runtime does not depend on the onnx package.
+_MAXSIM_F16_ONNX = base64.b64decode(
+    "CAkSDGNvbGxmbTItZWRnZTq6AQohCgRkb2NzEghkb2NzX2YzMiIEQ2FzdCoJCgJ0bxgBoAECCi4KB3F1ZXJpZXMKCGRvY3NfZjMy"
+    "EgRzaW1zIgRHZW1tKg0KBnRyYW5zQhgBoAECEgptYXhzaW1fZjE2Wh0KB3F1ZXJpZXMSEgoQCAESDAoDEgFxCgUSA2RpbVodCgRk"
+    "b2NzEhUKEwgKEg8KBhIEcm93cwoFEgNkaW1iGwoEc2ltcxITChEIARINCgMSAXEKBhIEcm93c0IECgAQEg=="
+)
+_session_lock = threading.Lock()
+_session: list = []
+
+
+def _f16_session():  # -> onnxruntime.InferenceSession | None
+    with _session_lock:
+        if not _session:
+            try:
+                import onnxruntime as ort
+
+                _session.append(ort.InferenceSession(_MAXSIM_F16_ONNX, providers=["CPUExecutionProvider"]))
+            except Exception:  # onnxruntime missing or broken: numpy still gives the same numbers
+                _session.append(None)
+        return _session[0]
+
+
+def similarities(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``queries [Nq, dim] @ rows [R, dim].T`` in float32; fp16 rows go through ONNX Runtime."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if rows.dtype == np.float16:
+        session = _f16_session()
+        if session is not None:
+            return session.run(None, {"queries": q, "docs": np.ascontiguousarray(rows)})[0]
+    return q @ np.asarray(rows, dtype=np.float32).T
+
 
 ArrayOrList = np.ndarray | Sequence[np.ndarray]
 
@@ -71,7 +109,9 @@ def score(
             rows += len(ds[stop])
             stop += 1
         block = ds[start:stop]
-        packed = np.concatenate([d.astype(np.float32, copy=False) for d in block], axis=0)  # [Nd, dim]
+        # fp16 documents stay fp16 until the kernel, which converts them fast (see similarities).
+        dtype = np.float16 if all(d.dtype == np.float16 for d in block) else np.float32
+        packed = np.concatenate([d.astype(dtype, copy=False) for d in block], axis=0)  # [Nd, dim]
         offsets = np.cumsum([0] + [len(d) for d in block])
         out[:, start:stop] = score_packed(qs, packed, offsets, clamp=clamp, block_rows=block_rows)
         start = stop
@@ -107,8 +147,7 @@ def score_packed(
         last = int(np.searchsorted(offsets, offsets[first] + block_rows, side="right")) - 1
         last = min(max(last, first + 1), n_docs)
         lo, hi = int(offsets[first]), int(offsets[last])
-        block = np.asarray(rows[lo:hi], dtype=np.float32)  # [rows, dim]
-        sims = q_all @ block.T  # [Nq, rows]
+        sims = similarities(q_all, rows[lo:hi])  # [Nq, rows]
         keep = np.flatnonzero(lengths[first:last] > 0)  # reduceat cannot express an empty segment
         if len(keep):
             best = np.maximum.reduceat(sims, (offsets[first:last][keep] - lo), axis=1)  # [Nq, kept docs]

@@ -86,3 +86,31 @@ def test_edge_cases() -> None:
         score([_unit_rows(rng, 2, 64)], [_unit_rows(rng, 2)])
     with pytest.raises(ValueError, match="mode"):
         score([_unit_rows(rng, 2)], [_unit_rows(rng, 2)], mode="fast")
+
+
+def test_fp16_kernel_is_the_graph_it_claims_and_exact() -> None:
+    """The embedded ONNX bytes are Cast(fp16 -> fp32) + Gemm(transB=1), and give numpy's numbers."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from runtime.scoring import _MAXSIM_F16_ONNX, similarities
+
+    model = onnx.load_from_string(_MAXSIM_F16_ONNX)
+    onnx.checker.check_model(model)
+    nodes = [
+        (n.op_type, list(n.input), {a.name: helper.get_attribute_value(a) for a in n.attribute})
+        for n in model.graph.node
+    ]
+    assert nodes == [("Cast", ["docs"], {"to": TensorProto.FLOAT}), ("Gemm", ["queries", "docs_f32"], {"transB": 1})]
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.FLOAT, TensorProto.FLOAT16]
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((7, 128)).astype(np.float32)
+    d = rng.standard_normal((1000, 128)).astype(np.float16)
+    np.testing.assert_allclose(similarities(q, d), q @ d.astype(np.float32).T, rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_and_fp32_documents_score_the_same() -> None:
+    rng = np.random.default_rng(3)
+    docs = [rng.standard_normal((n, 128)).astype(np.float16) for n in (5, 0, 17, 1)]
+    q = [rng.standard_normal((4, 128)).astype(np.float32)]
+    np.testing.assert_allclose(score(q, docs), score(q, [d.astype(np.float32) for d in docs]), rtol=1e-5, atol=1e-5)
