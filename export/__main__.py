@@ -20,10 +20,11 @@ from .onnx_export import DEFAULT_OPSET, OnnxConfig
 from .onnx_export import plan as onnx_plan
 from .presets import DEFAULT_PRESET, PRESETS
 from .recipes import Precision, parse_precisions
+from .trt import DEVICE_PROFILES, TRT_VERSIONS, TrtConfig, run_trt
 
 DEFAULT_PRECISIONS = "fp32,fp16,int8"
 
-TARGETS = ("checkpoint", "onnx")
+TARGETS = ("checkpoint", "onnx", "trt")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ExportConfig:
         return self.model in PRESETS and not Path(self.model).is_dir()
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig | TrtConfig, bool]:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
     p.add_argument("--target", choices=TARGETS, required=True, help="what to produce")
     p.add_argument(
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
         help=f"a preset ({', '.join(sorted(PRESETS))}; random weights) or a ColLFM2 checkpoint directory "
         f"(default: {DEFAULT_PRESET})",
     )
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", help="output directory (checkpoint, onnx)")
     p.add_argument("--base", help="local LFM2-VL base directory (architecture, and base weights if needed)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
@@ -68,12 +69,31 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
     ox.add_argument(
         "--precision",
         default=DEFAULT_PRECISIONS,
-        help=f"comma-separated, from {', '.join(x.value for x in Precision)} (default: {DEFAULT_PRECISIONS}); "
-        "the first is the bundle's default; int8-qdq is the TensorRT int8 input",
+        help=f"onnx: comma-separated, from {', '.join(x.value for x in Precision)} (default: {DEFAULT_PRECISIONS}); "
+        "the first is the bundle's default; int8-qdq is the TensorRT int8 input. trt: fp16 or int8",
     )
     ox.add_argument("--validate", action="store_true", help="check every graph and the pipeline against PyTorch")
     ox.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 18 (default {DEFAULT_OPSET})")
+    tr = p.add_argument_group("--target trt")
+    tr.add_argument("--bundle", help="ONNX bundle to build engines from (engines go to BUNDLE/trt/PROFILE-PRECISION/)")
+    tr.add_argument("--profile", choices=sorted(DEVICE_PROFILES), default="orin-nano", help="device profile")
+    tr.add_argument("--workspace", type=int, help="builder workspace in MB (default: the profile's)")
+    tr.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
+    tr.add_argument(
+        "--trt-version",
+        action="append",
+        choices=sorted(TRT_VERSIONS),
+        help="parser version(s) to pre-flight against (default: all known)",
+    )
     a = p.parse_args(argv)
+    if a.target == "trt":
+        if not a.bundle:
+            p.error("--target trt needs --bundle (export one with --target onnx --precision fp32,int8-qdq)")
+        precision = a.precision if a.precision in ("fp16", "int8") else "fp16"
+        versions = tuple(a.trt_version) if a.trt_version else tuple(TRT_VERSIONS)
+        return TrtConfig(a.bundle, precision, a.profile, a.workspace, a.timing_cache, versions), a.dry_run
+    if not a.out:
+        p.error("--out is required")
     if a.model is None:
         print(f"[export] no --model given: using the {DEFAULT_PRESET!r} preset (RANDOM weights)", flush=True)
         a.model = DEFAULT_PRESET
@@ -135,6 +155,12 @@ def _step(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, dry_run = parse_args(argv)
+    if isinstance(cfg, TrtConfig):
+        try:
+            return run_trt(cfg, dry_run, _step)
+        except (UserError, ValueError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     is_onnx = isinstance(cfg, OnnxConfig)
     if dry_run:
         print(json.dumps(asdict(cfg), indent=2, default=str))
