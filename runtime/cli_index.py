@@ -23,6 +23,34 @@ __all__ = ["add_parsers", "run_command"]
 DEFAULT_COMMIT_PAGES = 16
 
 
+STORES = ("local", "qdrant")
+ENGINES = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
+
+
+def _backend_arg(p: argparse.ArgumentParser, stores: bool) -> None:
+    choices = (*STORES, *ENGINES) if stores else ENGINES
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=choices,
+        default=[],
+        help="repeatable. What runs the graphs: ort-cpu (default), ort-cuda, ort-trt (ONNX Runtime providers) or "
+        "trt (native TensorRT engines)"
+        + ("; where pages live: local (default, --index DIR) or qdrant" if stores else ""),
+    )
+
+
+def _split_backends(args: argparse.Namespace) -> None:
+    """``--backend qdrant --backend trt`` -> args.store = qdrant, args.engine_backend = trt."""
+    chosen = list(args.backend or [])
+    stores = [b for b in chosen if b in STORES]
+    engines = [b for b in chosen if b in ENGINES]
+    if len(stores) > 1 or len(engines) > 1:
+        raise UserError(f"--backend given twice for the same role: {', '.join(chosen)}")
+    args.store = stores[0] if stores else "local"
+    args.engine_backend = engines[0] if engines else "ort-cpu"
+
+
 def _bundle_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--bundle", required=required, help="ONNX bundle directory (python -m export --target onnx)")
     p.add_argument("--precision", help="bundle precision (default: the bundle's default)")
@@ -31,7 +59,7 @@ def _bundle_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", help="index directory (local backend; for qdrant without --url, its embedded store)")
-    p.add_argument("--backend", choices=("local", "qdrant"), default="local", help="where pages are stored")
+
     p.add_argument("--url", help="qdrant: server URL (http://host:6333); default: embedded local mode in --index")
     p.add_argument("--collection", default="collfm2", help="qdrant: collection name (default collfm2)")
 
@@ -48,24 +76,29 @@ def add_parsers(sub: Any) -> None:
     _bundle_args(enc, required=True)
     enc.add_argument("--out", required=True, help="output .npz")
     enc.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    _backend_arg(enc, stores=False)
     _ingest_args(enc)
 
     idx = sub.add_parser("index", help="add, inspect or remove pages of an index")
     isub = idx.add_subparsers(dest="action", required=True)
     add = isub.add_parser("add", help="encode pages and add them (crash-safe, skips pages already there)")
     _store_args(add)
+    _backend_arg(add, stores=True)
     _bundle_args(add, required=False)
     add.add_argument("--commit-pages", type=int, default=DEFAULT_COMMIT_PAGES, help="pages per commit")
     _ingest_args(add)
     info = isub.add_parser("info", help="what the index holds and which bundle made it")
     _store_args(info)
+    _backend_arg(info, stores=True)
     info.add_argument("--json", action="store_true")
     rm = isub.add_parser("remove", help="forget every page of the given files")
     _store_args(rm)
+    _backend_arg(rm, stores=True)
     rm.add_argument("paths", nargs="+", metavar="PATH")
 
     srch = sub.add_parser("search", help="rank indexed pages for a query (exact MaxSim)")
     _store_args(srch)
+    _backend_arg(srch, stores=True)
     _bundle_args(srch, required=False)
     srch.add_argument("-k", type=int, default=10, help="results (default 10)")
     srch.add_argument("--json", action="store_true", help='[{"rank", "score", "path", "page"}, ...]')
@@ -73,10 +106,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.cmd != "encode" and not args.index and not (args.backend == "qdrant" and args.url):
-        print("error: --index DIR is required (or --backend qdrant --url URL)", file=sys.stderr)
-        return 2
     try:
+        _split_backends(args)
+        if args.cmd != "encode" and not args.index and not (args.store == "qdrant" and args.url):
+            raise UserError("--index DIR is required (or --backend qdrant --url URL)")
         if args.cmd == "encode":
             return _encode(args)
         if args.cmd == "search":
@@ -90,11 +123,11 @@ def run_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load(bundle_dir: str, precision: str | None, threads: int | None) -> tuple[Any, Any]:
+def _load(bundle_dir: str, precision: str | None, threads: int | None, backend: str = "ort-cpu") -> tuple[Any, Any]:
     from .model import ColLFM2
     from .processor import ColLFM2Processor
 
-    model = ColLFM2.from_pretrained(bundle_dir, precision=precision, threads=threads)
+    model = ColLFM2.from_pretrained(bundle_dir, precision=precision, threads=threads, backend=backend)
     if model.bundle.random_weights:
         print("[runtime] WARNING: this bundle has RANDOM WEIGHTS; its rankings are meaningless", file=sys.stderr)
     return model, ColLFM2Processor.from_pretrained(bundle_dir)
@@ -103,7 +136,7 @@ def _load(bundle_dir: str, precision: str | None, threads: int | None) -> tuple[
 @contextlib.contextmanager
 def _open_store(args: argparse.Namespace, identity: dict[str, str] | None = None) -> Iterator[Any]:
     """The store named by --index/--backend; created (recording ``identity``) when it is new."""
-    if args.backend == "qdrant":
+    if args.store == "qdrant":
         from .qdrant_store import QdrantStore
 
         store = QdrantStore.open(args.url or args.index, args.collection, identity)
@@ -119,7 +152,7 @@ def _open_store(args: argparse.Namespace, identity: dict[str, str] | None = None
 
 
 def _exists(args: argparse.Namespace) -> bool:
-    return args.backend == "qdrant" or (Path(args.index) / "index.sqlite").exists()
+    return args.store == "qdrant" or (Path(args.index) / "index.sqlite").exists()
 
 
 def _report_failure(item: Failed) -> None:
@@ -127,7 +160,7 @@ def _report_failure(item: Failed) -> None:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    model, proc = _load(args.bundle, args.precision, args.threads)
+    model, proc = _load(args.bundle, args.precision, args.threads, args.engine_backend)
     rows, offsets, names, pages = [], [0], [], []
     failed = 0
     bar = progress(None, "encode", enabled=False if args.no_progress else None)
@@ -173,7 +206,7 @@ def _add(args: argparse.Namespace) -> int:
         with _open_store(args) as store:
             bundle_dir, precision = store.meta["bundle_path"], store.meta["precision"]
         args.precision = args.precision or precision
-    model, proc = _load(bundle_dir, args.precision, args.threads)
+    model, proc = _load(bundle_dir, args.precision, args.threads, args.engine_backend)
     identity = bundle_identity(model.bundle, model.precision)
     added = skipped = failed = 0
     with _open_store(args, identity) as store:
@@ -250,7 +283,9 @@ def _search(args: argparse.Namespace) -> int:
     query = " ".join(args.query)
     with _open_store(args) as store:
         meta = store.meta
-        model, proc = _load(args.bundle or meta["bundle_path"], args.precision or meta["precision"], args.threads)
+        model, proc = _load(
+            args.bundle or meta["bundle_path"], args.precision or meta["precision"], args.threads, args.engine_backend
+        )
         store.check_bundle(bundle_identity(model.bundle, model.precision))
         batch = proc.process_queries([query])
         emb = model(**batch)[0]

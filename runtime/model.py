@@ -27,7 +27,41 @@ from .bundle import Bundle, open_bundle
 from .errors import InputError, ModelFilesError, UserError
 from .image import position_weights, unshuffle_index
 
-__all__ = ["ColLFM2", "merge_image_tokens"]
+__all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens"]
+
+# backend -> ONNX Runtime providers (None: native TensorRT engines, runtime/trt_runner.py).
+BACKENDS: dict[str, list[str] | None] = {
+    "ort-cpu": ["CPUExecutionProvider"],
+    "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "trt": None,
+}
+_INSTALL = {
+    "CUDAExecutionProvider": "onnxruntime-gpu (x86: pip install onnxruntime-gpu; Jetson: NVIDIA's aarch64 build from "
+    "the Jetson Zoo, PyPI has none, onnxruntime issue 20503)",
+    "TensorrtExecutionProvider": "onnxruntime-gpu built with TensorRT (Jetson Zoo wheels, or a desktop build)",
+}
+
+
+def default_precision(backend: str, available: Sequence[str], machine: str | None = None) -> str:
+    """The precision a backend should run when none is asked for.
+
+    ARM CPUs run int8 (weight-only/dynamic): fp16 there makes ORT insert casts and runs ~4x slower
+    than fp32 on a Pi 5 (onnxruntime issue 25824). x86 CPUs run fp32 (no VNNI on most edge boxes,
+    and dynamic int8 is no faster there). GPUs run fp16.
+    """
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if backend == "ort-cpu":
+        order = ["int8", "fp32"] if machine in ("aarch64", "arm64") else ["fp32", "int8"]
+    else:
+        order = ["fp16", "fp32"]
+    for p in order:
+        if p in available:
+            return p
+    return available[0]
+
 
 # Tiles per vision call: bounds activation memory (a 1024-patch tile is ~3 MB in, and the
 # attention scores of 12 heads are ~50 MB) while keeping batches large enough to be efficient.
@@ -69,7 +103,11 @@ class ColLFM2:
         threads: int | None = None,
         vision_batch: int = DEFAULT_VISION_BATCH,
         output_dtype: str = "float32",
+        backend: str = "ort-cpu",
     ) -> None:
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        self.backend = backend
         if output_dtype not in ("float32", "float16"):
             raise ValueError(f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}")
         self.output_dtype = np.dtype(output_dtype)
@@ -78,7 +116,7 @@ class ColLFM2:
         except ImportError as exc:  # pragma: no cover - a base dependency
             raise UserError("onnxruntime is not installed: pip install onnxruntime") from exc
         self.bundle = bundle
-        self.precision = precision or bundle.manifest["default_precision"]
+        self.precision = precision or default_precision(backend, bundle.precisions)
         entry = bundle.precision(self.precision)
         m = bundle.model
         self.image_token_id = int(m["image_token_id"])
@@ -90,24 +128,31 @@ class ColLFM2:
         self._max_tokens = int(m["tokens_per_tile"])
         self.vision_batch = max(1, int(vision_batch))
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        providers = list(providers) if providers else ["CPUExecutionProvider"]
-        available = set(ort.get_available_providers())
-        for p in providers:
-            name = p[0] if isinstance(p, tuple) else p
-            if name not in available:
-                raise UserError(
-                    f"ONNX Runtime provider {name} is not available here (have: {', '.join(sorted(available))})"
-                )
-        self.sessions = {}
-        for graph, spec in entry["graphs"].items():
-            path = bundle.file(spec["file"])
-            try:
-                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as exc:  # ORT raises its own types; the file is the user's to fix
-                raise ModelFilesError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+        self.sessions: dict[str, Any] = {}
+        if backend == "trt":
+            from .trt_runner import load_engines
+
+            self.sessions, _ = load_engines(bundle.path)
+        else:
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+            providers = list(providers) if providers else list(BACKENDS[backend] or [])
+            available = set(ort.get_available_providers())
+            for p in providers:
+                name = p[0] if isinstance(p, tuple) else p
+                if name not in available:
+                    hint = f"; install {_INSTALL[name]}" if name in _INSTALL else ""
+                    raise UserError(
+                        f"ONNX Runtime provider {name} is not available here (have: {', '.join(sorted(available))})"
+                        + hint
+                    )
+            for graph, spec in entry["graphs"].items():
+                path = bundle.file(spec["file"])
+                try:
+                    self.sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
+                except Exception as exc:  # ORT raises its own types; the file is the user's to fix
+                    raise ModelFilesError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
         emb = entry["embeddings"]
         try:
             # mmap: the fp32 table is 268 MB and a page touches a few hundred of its rows.
@@ -129,13 +174,19 @@ class ColLFM2:
         verify: bool = True,
         vision_batch: int = DEFAULT_VISION_BATCH,
         output_dtype: str = "float32",
+        backend: str = "ort-cpu",
     ) -> ColLFM2:
         """Open a bundle (checking its manifest and the hashes of ``precision``'s files).
 
         ``output_dtype="float16"`` halves what an index stores; scoring accumulates in fp32 anyway.
+        ``backend``: ``ort-cpu`` (default), ``ort-cuda``, ``ort-trt`` (ONNX Runtime providers) or ``trt``
+        (native engines from ``python -m export --target trt``). Without ``precision``, each backend
+        picks its own (``default_precision``).
         """
+        bundle = open_bundle(Path(path), verify=False)
+        precision = precision or default_precision(backend, bundle.precisions)
         bundle = open_bundle(Path(path), precision, verify=verify)
-        return cls(bundle, precision, providers, threads, vision_batch, output_dtype)
+        return cls(bundle, precision, providers, threads, vision_batch, output_dtype, backend)
 
     # -- stages ---------------------------------------------------------------------------
 

@@ -271,3 +271,26 @@ def test_unknown_provider_says_what_is_there(tiny_bundle: Path) -> None:
 
     with pytest.raises(UserError, match="not available here"):
         ColLFM2.from_pretrained(tiny_bundle, providers=["NoSuchExecutionProvider"])
+
+
+def test_backends_and_default_precision(tiny_bundle: Path) -> None:
+    from runtime import UserError
+    from runtime.model import default_precision
+
+    have = ["fp32", "fp16", "int8"]
+    assert default_precision("ort-cpu", have, machine="aarch64") == "int8"  # never fp16 on ARM CPUs
+    assert default_precision("ort-cpu", have, machine="x86_64") == "fp32"
+    assert default_precision("ort-cuda", have) == default_precision("trt", have) == "fp16"
+    assert default_precision("ort-cpu", ["fp16"], machine="aarch64") == "fp16"  # only what the bundle has
+    with pytest.raises(UserError, match="unknown backend"):
+        ColLFM2.from_pretrained(tiny_bundle, backend="tpu")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(UserError, match="install onnxruntime-gpu"):
+            ColLFM2.from_pretrained(tiny_bundle, backend="ort-cuda")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="needs TensorRT and cuda-python"):
+            ColLFM2.from_pretrained(tiny_bundle, backend="trt")

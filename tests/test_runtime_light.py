@@ -36,7 +36,8 @@ for name in ("torch", "transformers", "torchvision", "safetensors", "onnx"):
     sys.modules[name] = None
 import numpy as np
 from runtime import ColLFM2, ColLFM2Processor
-import runtime.__main__, runtime.cli_index, runtime.index, runtime.ingest, runtime.qdrant_store  # every runtime module
+import runtime.__main__, runtime.cli_index, runtime.index, runtime.ingest, runtime.qdrant_store  # every module
+import runtime.trt_manifest, runtime.trt_runner
 proc = ColLFM2Processor.from_pretrained(sys.argv[1])
 for precision in ("fp32", "fp16", "int8", "int8-qdq"):
     model = ColLFM2.from_pretrained(sys.argv[1], precision=precision)
