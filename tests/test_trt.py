@@ -153,3 +153,16 @@ def test_build_engines_where_tensorrt_exists(tiny_bundle: Path, tmp_path: Path) 
     shutil.copytree(tiny_bundle, b)
     assert run_trt(TrtConfig(str(b), "fp16", "desktop"), dry_run=False, log=lambda m: None) == 0
     assert (b / "trt" / "desktop-fp16" / "engines.json").is_file(), trt.__version__
+
+
+def test_engine_planning_needs_no_torch(tiny_bundle: Path) -> None:
+    """On a Jetson the engine build runs from the bundle with onnx + tensorrt, without torch."""
+    script = (
+        "import sys\n"
+        "for n in ('torch', 'transformers', 'torchvision'): sys.modules[n] = None\n"
+        "from export.__main__ import main\n"
+        f"sys.exit(main(['--target', 'trt', '--bundle', {str(tiny_bundle)!r}, '--precision', 'fp16', '--dry-run']))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "(dry run: nothing built)" in res.stdout
