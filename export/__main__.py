@@ -86,12 +86,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
         help="parser version(s) to pre-flight against (default: all known)",
     )
     a = p.parse_args(argv)
+    model_given = a.model is not None
     if a.target == "trt":
-        if not a.bundle:
-            p.error("--target trt needs --bundle (export one with --target onnx --precision fp32,int8-qdq)")
-        precision = a.precision if a.precision in ("fp16", "int8") else "fp16"
+        if a.precision == DEFAULT_PRECISIONS:
+            a.precision = "fp16"
+        if a.precision not in ("fp16", "int8"):
+            p.error("--target trt: --precision must be fp16 or int8")
         versions = tuple(a.trt_version) if a.trt_version else tuple(TRT_VERSIONS)
-        return TrtConfig(a.bundle, precision, a.profile, a.workspace, a.timing_cache, versions), a.dry_run
+        if not a.bundle:
+            if not (model_given and a.out):
+                p.error("--target trt needs --bundle DIR, or --model M --out DIR to export the bundle first")
+            # Export the graphs the engines need (fp32 for fp16 engines, int8-qdq for int8), then build.
+            source = "fp32" if a.precision == "fp16" else "fp32,int8-qdq"
+            onnx_cfg = OnnxConfig(a.model, a.out, parse_precisions(source), False, a.base, a.opset, a.force)
+            cfg = TrtConfig(a.out, a.precision, a.profile, a.workspace, a.timing_cache, versions, onnx_cfg)
+            return cfg, a.dry_run
+        return TrtConfig(a.bundle, a.precision, a.profile, a.workspace, a.timing_cache, versions), a.dry_run
     if not a.out:
         p.error("--out is required")
     if a.model is None:
@@ -157,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg, dry_run = parse_args(argv)
     if isinstance(cfg, TrtConfig):
         try:
+            if cfg.export is not None:
+                from .onnx_export import run as run_onnx
+
+                if dry_run:
+                    for line in onnx_plan(cfg.export):
+                        print(f"  {line}")
+                    print("  then: engine plan and TensorRT pre-flight on the exported graphs (run with --bundle "
+                          f"{cfg.bundle} --dry-run after the export to see them)")  # fmt: skip
+                    print("(dry run: nothing written)")
+                    return 0
+                run_onnx(cfg.export, _step)
             return run_trt(cfg, dry_run, _step)
         except (UserError, ValueError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)

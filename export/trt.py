@@ -343,6 +343,7 @@ class TrtConfig:
     workspace_mb: int | None = None
     timing_cache: str | None = None
     trt_versions: tuple[str, ...] = tuple(TRT_VERSIONS)
+    export: Any = None  # an OnnxConfig when engines are built straight from --model (bundle exported first)
 
 
 def installed_trt_version() -> str | None:

@@ -184,3 +184,12 @@ def test_device_estimates_schema(tiny_bundle: Path) -> None:
     for row in result["rows"]:
         assert set(row["seconds"]) == {"page_512", "page_a4", "query_20"} and min(row["seconds"].values()) > 0
     assert "efficiency" in result["method"].lower()
+
+
+def test_trt_from_model_dry_run(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    res = _cli("--target", "trt", "--model", "tiny", "--out", str(out), "--precision", "int8", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "int8-qdq" in res.stdout and "then: engine plan" in res.stdout and not out.exists()
+    res = _cli("--target", "trt", "--bundle", str(tmp_path), "--precision", "fp32", "--dry-run")
+    assert res.returncode == 2 and "must be fp16 or int8" in res.stderr
