@@ -50,6 +50,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from export.flops import text_flops, vision_flops
+
 PAGE_512 = {"tiles": 1, "tokens": 266}
 PAGE_A4 = {"tiles": 7, "tokens": 1813}
 QUERY_TOKENS = 20
@@ -65,51 +67,6 @@ DEVICES = {
 # Efficiency factors (see the module docstring for where each comes from).
 TRT_EFF = {("fp16", 1): 0.25, ("fp16", 8): 0.55, ("int8", 1): 0.14, ("int8", 8): 0.44}
 ORT_ARM_EFF = 0.89 * 0.70
-
-
-def vision_flops(path: Path) -> float:
-    """FLOPs of one tile through the vision graph, from ONNX shape inference at batch 1."""
-    import onnx
-    from onnx import shape_inference
-
-    model = onnx.load(str(path))
-    for inp in model.graph.input:
-        for d in inp.type.tensor_type.shape.dim:
-            if d.dim_param:
-                d.Clear()
-                d.dim_value = 1
-    del model.graph.value_info[:]
-    model = shape_inference.infer_shapes(model, data_prop=True)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)}  # fmt: skip
-    shapes |= {t.name: list(t.dims) for t in model.graph.initializer}
-    total = 0.0
-    for n in model.graph.node:
-        if n.op_type == "MatMul":
-            a, b = shapes[n.input[0]], shapes[n.input[1]]
-            total += 2.0 * float(np.prod(a[:-1])) * a[-1] * b[-1]
-    return total
-
-
-def text_flops(path: Path, tokens: int) -> float:
-    """FLOPs of ``tokens`` through the text graph: weight MatMuls per token + attention."""
-    import onnx
-
-    model = onnx.load(str(path))
-    weights = {t.name: list(t.dims) for t in model.graph.initializer}
-    per_token, act_matmuls = 0.0, 0
-    for n in model.graph.node:
-        if n.op_type == "MatMul":
-            if n.input[1] in weights and len(weights[n.input[1]]) == 2:
-                k, m = weights[n.input[1]]
-                per_token += 2.0 * k * m
-            else:
-                act_matmuls += 1
-        elif n.op_type == "Conv" and n.input[1] in weights:  # depthwise short conv: C x k taps per token
-            c, _, k = weights[n.input[1]]
-            per_token += 2.0 * c * k
-    d = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-    return per_token * tokens + act_matmuls * 2.0 * tokens * tokens * d
 
 
 def params(path: Path) -> int:

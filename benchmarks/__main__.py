@@ -1,0 +1,514 @@
+"""``python -m benchmarks``: per-stage latency of PyTorch eager and the ONNX bundle, side by side.
+
+One run measures, on this machine and in this process:
+
+* the fp32 GEMM peak (ONNX Runtime MatMul, 2048^3) and a STREAM-like copy bandwidth, so that every
+  figure can be read as a fraction of what the hardware gave in the same minute;
+* decode + preprocess (our numpy processor; backend-independent);
+* per backend (PyTorch eager fp32, and bf16 where the CPU has bf16 instructions; ORT CPU for each
+  precision of the bundle; CUDA when present): vision graph, embedding lookup + merge, text graph,
+  end-to-end page, and query encode, as p50/p95/mean over ``--runs`` after ``--warmup``;
+* MaxSim over ``--maxsim-pages`` synthetic pages x 266 rows (ours, the seed's torch
+  ``score_multi_vector``, a naive loop) and an index search over the same pages;
+* fidelity next to speed: mean/worst cosine and top-5 agreement of each ORT precision against
+  eager fp32, from ``export.parity``.
+
+Every stage is also reported as a ratio to PyTorch eager fp32 measured in the same run, and
+compute-bound stages as a fraction of the measured GEMM peak (FLOPs counted from the graphs).
+Writes ``NAME.json``, ``NAME.md`` and (with matplotlib) ``NAME.png`` under ``--out-dir``.
+
+    python -m benchmarks [--model random|tiny|CKPT] [--bundle DIR] [--runs 3] [--threads 2] [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "collfm2-edge-benchmark/1"
+PAGES = {"512x512": (512, 512), "A4-150dpi": (1754, 1240)}
+QUERY_TOKENS = (20, 64)
+
+
+def _timeit(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    ts.sort()
+    p95 = ts[min(len(ts) - 1, round(0.95 * (len(ts) - 1)))]
+    return {"p50_ms": statistics.median(ts) * 1e3, "p95_ms": p95 * 1e3, "mean_ms": statistics.fmean(ts) * 1e3,
+            "runs": runs}  # fmt: skip
+
+
+def machine(threads: int) -> dict[str, Any]:
+    import onnxruntime
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not cpu:
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = line
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "avx512": "avx512f" in flags,
+        "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "int8_dot": "avx512_vnni" in flags or "avx_vnni" in flags,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _ort_matmul(threads: int, n: int, a_type: int, b_type: int, op: str) -> Any:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    out_type = TensorProto.INT32 if op == "MatMulInteger" else TensorProto.FLOAT
+    g = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "mm",
+                          [helper.make_tensor_value_info("a", a_type, [n, n]),
+                           helper.make_tensor_value_info("b", b_type, [n, n])],
+                          [helper.make_tensor_value_info("c", out_type, [n, n])])  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def gemm_peaks(threads: int) -> dict[str, float]:
+    """fp32 GEMM GFLOP/s (the best of ORT's MLAS and torch's BLAS over two sizes) and int8 GEMM
+    GOP/s (ORT MatMulInteger, u8 x s8), measured now, in this process."""
+    import torch
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    out: dict[str, float] = {}
+    for n in (2048, 4096):
+        a = rng.standard_normal((n, n)).astype(np.float32)
+        s = _ort_matmul(threads, n, TensorProto.FLOAT, TensorProto.FLOAT, "MatMul")
+        out[f"ort_fp32_{n}"] = (
+            2 * n**3 / (_timeit(lambda s=s, a=a: s.run(None, {"a": a, "b": a}), 1, 3)["p50_ms"] / 1e3) / 1e9
+        )
+        t = torch.from_numpy(a)
+        out[f"torch_fp32_{n}"] = 2 * n**3 / (_timeit(lambda t=t: t @ t, 1, 3)["p50_ms"] / 1e3) / 1e9
+    n = 2048
+    s8 = _ort_matmul(threads, n, TensorProto.UINT8, TensorProto.INT8, "MatMulInteger")
+    a8 = rng.integers(0, 255, (n, n), dtype=np.uint8)
+    b8 = rng.integers(-127, 127, (n, n), dtype=np.int8)
+    out["ort_int8_2048"] = 2 * n**3 / (_timeit(lambda: s8.run(None, {"a": a8, "b": b8}), 1, 3)["p50_ms"] / 1e3) / 1e9
+    out["fp32"] = max(v for k, v in out.items() if "fp32" in k)
+    out["int8"] = out["ort_int8_2048"]
+    return out
+
+
+def copy_bandwidth() -> float:
+    a = np.ones(1 << 25, np.float32)  # 128 MB
+    b = np.empty_like(a)
+    t = _timeit(lambda: np.copyto(b, a), 1, 5)
+    return 2 * a.nbytes / (t["p50_ms"] / 1e3) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _inputs(processor: Any) -> tuple[dict[str, Any], dict[int, list[str]]]:
+    from export.validate import _query_of_length, synthetic_page
+
+    pages = {name: synthetic_page(h, w, seed=i) for i, (name, (h, w)) in enumerate(PAGES.items())}
+    queries = {n: [_query_of_length(processor, n + 1, seed=n)] for n in QUERY_TOKENS}  # + BOS
+    return pages, queries
+
+
+def eager_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:
+    import torch
+
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        for name, img in pages.items():
+            b = processor.process_images([img])
+            t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+            pv = t["pixel_values"].to(model.dtype)
+
+            def vision(t=t, pv=pv) -> Any:
+                shapes, mask = t["spatial_shapes"], t["pixel_attention_mask"]
+                feats = model.model.get_image_features(
+                    pixel_values=pv, spatial_shapes=shapes, pixel_attention_mask=mask
+                )
+                return feats.pooler_output
+
+            feats = torch.cat(list(vision()))
+
+            def merge(t=t, feats=feats) -> Any:
+                e = model.model.language_model.embed_tokens(t["input_ids"])
+                mask = (t["input_ids"] == model.config.image_token_id)[..., None].expand_as(e)
+                return e.masked_scatter(mask, feats.to(e.dtype))
+
+            embeds = merge()
+
+            def text(t=t, embeds=embeds) -> Any:
+                h = model.model.language_model(inputs_embeds=embeds, attention_mask=t["attention_mask"],
+                                               use_cache=False).last_hidden_state  # fmt: skip
+                e = model.custom_text_proj(h)
+                return e / e.norm(dim=-1, keepdim=True)
+
+            out[name] = {
+                "vision": _timeit(vision, warmup, runs),
+                "merge": _timeit(merge, warmup, runs),
+                "text": _timeit(text, warmup, runs),
+                "page_end_to_end": _timeit(lambda img=img: model.encode(processor.process_images([img])), warmup, runs),
+                "tokens": int(b["attention_mask"].sum()),
+                "tiles": int(b["pixel_values"].shape[0]),
+            }
+        for n, q in queries.items():
+            out[f"query_{n}"] = _timeit(lambda q=q: model.encode(processor.process_queries(q)), warmup, runs)
+    return out
+
+
+def ort_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:
+    from runtime.model import merge_image_tokens
+
+    out: dict[str, Any] = {}
+    for name, img in pages.items():
+        b = processor.process_images([img])
+
+        def vision(b=b) -> Any:
+            return model.image_tokens(b["pixel_values"], b["pixel_attention_mask"], b["spatial_shapes"])
+
+        tokens = vision()
+
+        def merge(b=b, tokens=tokens) -> Any:
+            return merge_image_tokens(model.embed_tokens(b["input_ids"]), b["input_ids"], tokens, model.image_token_id)
+
+        embeds = merge()
+        out[name] = {
+            "vision": _timeit(vision, warmup, runs),
+            "merge": _timeit(merge, warmup, runs),
+            "text": _timeit(lambda b=b, e=embeds: model.text(e, b["attention_mask"]), warmup, runs),
+            "page_end_to_end": _timeit(lambda img=img: model(**processor.process_images([img])), warmup, runs),
+            "tokens": int(b["attention_mask"].sum()),
+            "tiles": int(b["pixel_values"].shape[0]),
+        }
+    for n, q in queries.items():
+        out[f"query_{n}"] = _timeit(lambda q=q: model(**processor.process_queries(q)), warmup, runs)
+    return out
+
+
+def maxsim_bench(n_pages: int, rows: int, warmup: int, runs: int, tmp: Path, with_seed: bool) -> dict:
+    from runtime import score
+    from runtime.index import Index, PageRecord
+
+    rng = np.random.default_rng(0)
+    docs = []
+    for _ in range(n_pages):
+        d = rng.standard_normal((rows, 128)).astype(np.float32)
+        docs.append((d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float16))
+    q = rng.standard_normal((20, 128)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    flops = 2 * 20 * n_pages * rows * 128
+    res: dict[str, Any] = {"pages": n_pages, "rows": rows, "query_rows": 20, "flops": flops,
+                           "doc_bytes_fp16": n_pages * rows * 256}  # fmt: skip
+    res["ours"] = _timeit(lambda: score([q], docs), warmup, runs)
+
+    def naive() -> Any:
+        return [float((q @ d.astype(np.float32).T).max(axis=1).sum()) for d in docs]
+
+    res["naive_loop"] = _timeit(naive, 0, 1)
+    if with_seed:
+        import torch
+        from sauerkrautlm_colpali.utils.processing_utils import BaseVisualRetrieverProcessor as P
+
+        tq = [torch.from_numpy(q)]
+        tdocs = [torch.from_numpy(d.astype(np.float32)) for d in docs]  # the seed's MTEB path casts to fp32
+        res["seed_score_multi_vector"] = _timeit(lambda: P.score_multi_vector(tq, tdocs, device="cpu"), 0, 1)
+    identity = {"bundle_path": "-", "bundle_manifest_sha256": "0", "bundle_model": "-",
+                "bundle_random_weights": "true", "precision": "-", "dim": "128"}  # fmt: skip
+    index = Index.create(tmp / "bench-index", identity)
+    with index.writer():
+        for start in range(0, n_pages, 500):
+            index.add_batch(
+                [PageRecord(f"/p/{i}", 1, f"h{i}", 0, docs[i]) for i in range(start, min(n_pages, start + 500))]
+            )
+    res["index_search"] = _timeit(lambda: index.search([q], k=10), warmup, runs)
+    index.close()
+    return res
+
+
+def fidelity(ref_model: Any, ort_models: dict[str, Any], processor: Any, pages: dict, queries: dict) -> dict:
+    from export.parity import compare, topk_agreement
+    from runtime import score
+
+    extra = [__import__("export.validate", fromlist=["synthetic_page"]).synthetic_page(512, 400 + 40 * i, seed=30 + i)
+             for i in range(4)]  # fmt: skip
+    imgs = list(pages.values()) + extra
+    qs = [q[0] for q in queries.values()] + ["total amount", "table of contents"]
+    ref_p = [ref_model.encode(processor.process_images([im]))[0] for im in imgs]
+    ref_q = ref_model.encode(processor.process_queries(qs))
+    s_ref = score(ref_q, ref_p)
+    out = {}
+    for name, m in ort_models.items():
+        got_p = []
+        for im in imgs:
+            b = processor.process_images([im])
+            got_p.append(m(**b)[0][b["attention_mask"][0] > 0])
+        qb = processor.process_queries(qs)
+        e = m(**qb)
+        got_q = [e[i][qb["attention_mask"][i] > 0] for i in range(len(qs))]
+        fp, fq = compare(ref_p, got_p), compare(ref_q, got_q)
+        out[name] = {"pages": fp.as_dict(), "queries": fq.as_dict(),
+                     "top5_agreement": topk_agreement(s_ref, score(got_q, got_p), 5)}  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    from export._compat import patch_torchvision
+
+    patch_torchvision()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from export.checkpoint import load_model
+    from export.flops import stage_flops
+    from runtime import ColLFM2, ColLFM2Processor
+
+    tmp = Path(tempfile.mkdtemp(prefix="collfm2-bench-"))
+    bundle = Path(a.bundle) if a.bundle else None
+    if bundle is None:
+        from export.onnx_export import OnnxConfig
+        from export.onnx_export import run as export
+        from export.recipes import parse_precisions
+
+        print(f"[bench] exporting {a.model} ({a.precisions}) ...", flush=True)
+        bundle, _ = export(OnnxConfig(a.model, str(tmp / "bundle"), parse_precisions(a.precisions)), lambda m: None)
+    processor = ColLFM2Processor.from_pretrained(bundle)
+    pages, queries = _inputs(processor)
+    result: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result["machine"] = machine(a.threads)
+    result["config"] = {"model": a.model, "bundle": str(bundle), "runs": a.runs, "warmup": a.warmup,
+                        "threads": a.threads, "pages": PAGES, "query_tokens": QUERY_TOKENS,
+                        "maxsim_pages": a.maxsim_pages}  # fmt: skip
+    print("[bench] measuring GEMM peaks and copy bandwidth ...", flush=True)
+    result["gemm_peaks"] = gemm_peaks(a.threads)
+    result["gemm_peak_gflops"] = result["gemm_peaks"]["fp32"]
+    result["copy_gbs"] = copy_bandwidth()
+    result["flops"] = stage_flops(bundle, {n: None for n in PAGES}, pages, processor, QUERY_TOKENS)
+    result["preprocess"] = {n: _timeit(lambda img=img: processor.process_images([img]), a.warmup, a.runs)
+                            for n, img in pages.items()}  # fmt: skip
+
+    backends: dict[str, Any] = {}
+    print("[bench] PyTorch eager fp32 ...", flush=True)
+    ref = load_model(a.model).model.float().eval()
+    backends["torch-eager-fp32"] = eager_stages(ref, processor, pages, queries, a.warmup, a.runs)
+    if result["machine"]["bf16"] and not a.no_bf16:
+        print("[bench] PyTorch eager bf16 ...", flush=True)
+        m16 = load_model(a.model).model.to(torch.bfloat16).eval()
+        backends["torch-eager-bf16"] = eager_stages(m16, processor, pages, queries, a.warmup, a.runs)
+        del m16
+    else:
+        result["skipped"] = {"torch-eager-bf16": "this CPU has no bf16 instructions (bf16 runs 6-10x slower than fp32)"}
+    ort_models = {}
+    bundle_precisions = json.loads((bundle / "manifest.json").read_text())["precisions"]
+    for p in bundle_precisions:
+        if p == "int8-qdq":
+            continue  # the TensorRT input; ORT CPU runs it but it is not a CPU recipe
+        print(f"[bench] ORT CPU {p} ...", flush=True)
+        m = ColLFM2.from_pretrained(bundle, precision=p, threads=a.threads)
+        ort_models[f"ort-cpu-{p}"] = m
+        backends[f"ort-cpu-{p}"] = ort_stages(m, processor, pages, queries, a.warmup, a.runs)
+    if torch.cuda.is_available():
+        print("[bench] PyTorch CUDA fp32 ...", flush=True)
+        cuda = load_model(a.model).model.float().eval().to("cuda")
+        backends["torch-cuda-fp32"] = eager_stages(cuda, processor, pages, queries, a.warmup, a.runs)
+        del cuda
+    result["backends"] = backends
+    print("[bench] fidelity ...", flush=True)
+    result["fidelity"] = fidelity(ref, ort_models, processor, pages, queries)
+    print(f"[bench] MaxSim over {a.maxsim_pages} pages ...", flush=True)
+    result["maxsim"] = maxsim_bench(a.maxsim_pages, 266, a.warmup, a.runs, tmp, with_seed=True)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["ratios"] = ratios(result)
+    return result
+
+
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """Speed-up of each backend and stage over eager fp32 (> 1 = faster), and GEMM-peak fractions."""
+    base = result["backends"]["torch-eager-fp32"]
+    out: dict[str, Any] = {}
+    for name, stages in result["backends"].items():
+        # int8 graphs are held against the int8 GEMM peak, everything else against fp32's.
+        peak = result["gemm_peaks"]["int8" if "int8" in name else "fp32"] * 1e9
+        r: dict[str, Any] = {}
+        for key, val in stages.items():
+            if "p50_ms" in val:
+                r[key] = {"vs_eager_fp32": base[key]["p50_ms"] / val["p50_ms"]}
+                f = result["flops"].get(key, {}).get("text")
+                if f:
+                    r[key]["fraction_of_gemm_peak"] = f / (val["p50_ms"] / 1e3) / peak
+                continue
+            r[key] = {}
+            for stage in ("vision", "merge", "text", "page_end_to_end"):
+                r[key][stage] = {"vs_eager_fp32": base[key][stage]["p50_ms"] / val[stage]["p50_ms"]}
+                f = result["flops"].get(key, {})
+                flops = {"vision": f.get("vision"), "text": f.get("text"),
+                         "page_end_to_end": (f.get("vision") or 0) + (f.get("text") or 0)}.get(stage)  # fmt: skip
+                if flops:
+                    r[key][stage]["fraction_of_gemm_peak"] = flops / (val[stage]["p50_ms"] / 1e3) / peak
+        out[name] = r
+    peak = result["gemm_peaks"]["fp32"] * 1e9
+    ms = result["maxsim"]
+    t = ms["ours"]["p50_ms"] / 1e3
+    out["maxsim"] = {
+        "ours_gflops": ms["flops"] / t / 1e9,
+        "ours_fraction_of_gemm_peak": ms["flops"] / t / peak,
+        "ours_gb_per_s": ms["doc_bytes_fp16"] / t / 1e9,
+        "ours_vs_seed": ms["seed_score_multi_vector"]["p50_ms"] / ms["ours"]["p50_ms"]
+        if "seed_score_multi_vector" in ms
+        else None,
+        "ours_vs_naive": ms["naive_loop"]["p50_ms"] / ms["ours"]["p50_ms"],
+    }
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"# collfm2-edge benchmark ({result['created']})",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
+        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}. Model: {result['config']['model']} "
+        f"({'RANDOM weights' if result['config']['model'] in ('random', 'tiny') else 'checkpoint'}).",
+        f"Measured in the same run: fp32 GEMM peak {result['gemm_peaks']['fp32']:.1f} GFLOP/s (best of ORT and torch, "
+        f"2048³ and 4096³), int8 GEMM peak {result['gemm_peaks']['int8']:.1f} GOP/s (ORT MatMulInteger 2048³; "
+        f"int8 dot-product instructions: {'yes' if m.get('int8_dot') else 'no'}), copy bandwidth "
+        f"{result['copy_gbs']:.1f} GB/s. p50 of {result['config']['runs']} runs; ratio = eager fp32 time / this "
+        "time (> 1 is faster); int8 rows are a fraction of the int8 peak.",
+        "",
+        "| backend | input | stage | p50 ms | vs eager fp32 | of GEMM peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, stages in result["backends"].items():
+        r = result["ratios"][name]
+        for key, val in stages.items():
+            if "p50_ms" in val:
+                frac = r[key].get("fraction_of_gemm_peak")
+                lines.append(f"| {name} | {key.replace('_', ' ')} tokens | query | {val['p50_ms']:.1f} | "
+                             f"{r[key]['vs_eager_fp32']:.2f}x | {f'{frac:.0%}' if frac else ''} |")  # fmt: skip
+                continue
+            for stage in ("vision", "merge", "text", "page_end_to_end"):
+                frac = r[key][stage].get("fraction_of_gemm_peak")
+                lines.append(f"| {name} | {key} | {stage} | {val[stage]['p50_ms']:.1f} | "
+                             f"{r[key][stage]['vs_eager_fp32']:.2f}x | {f'{frac:.0%}' if frac else ''} |")  # fmt: skip
+    lines += ["", "| preprocess | p50 ms |", "|---|---|"]
+    lines += [f"| {n} | {v['p50_ms']:.1f} |" for n, v in result["preprocess"].items()]
+    ms, mr = result["maxsim"], result["ratios"]["maxsim"]
+    lines += [
+        "",
+        f"MaxSim, 20-token query over {ms['pages']:,} pages × {ms['rows']} rows: ours {ms['ours']['p50_ms']:.0f} ms "
+        f"({mr['ours_gflops']:.1f} GFLOP/s = {mr['ours_fraction_of_gemm_peak']:.0%} of GEMM peak, "
+        f"{mr['ours_gb_per_s']:.2f} GB/s of fp16 vectors); seed score_multi_vector "
+        f"{ms.get('seed_score_multi_vector', {}).get('p50_ms', float('nan')):.0f} ms "
+        f"({mr['ours_vs_seed'] or float('nan'):.1f}x slower than ours); "
+        f"naive loop {ms['naive_loop']['p50_ms']:.0f} ms; "
+        f"index search {ms['index_search']['p50_ms']:.0f} ms.",
+        "",
+        "| precision vs eager fp32 | pages mean / worst cos | queries mean / worst cos | top-5 agreement |",
+        "|---|---|---|---|",
+    ]
+    for name, f in result["fidelity"].items():
+        pages_cos = f"{f['pages']['mean_cos']:.6f} / {f['pages']['worst_cos']:.6f}"
+        queries_cos = f"{f['queries']['mean_cos']:.6f} / {f['queries']['worst_cos']:.6f}"
+        lines.append(f"| {name} | {pages_cos} | {queries_cos} | {f['top5_agreement']:.2f} |")
+    lines += ["", f"Peak RSS of the benchmark process (torch model, ORT sessions): {result['peak_rss_mb']:.0f} MB."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [n for n in result["backends"] if n != "torch-eager-fp32"]
+    keys = [k for k in result["ratios"][names[0]] if k != "maxsim"] if names else []
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(1, len(names))
+    for i, n in enumerate(names):
+        vals = []
+        for k in keys:
+            r = result["ratios"][n][k]
+            vals.append(r["vs_eager_fp32"] if "vs_eager_fp32" in r else r["page_end_to_end"]["vs_eager_fp32"])
+        ax.bar(np.arange(len(keys)) + i * width, vals, width, label=n)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(names) - 1) / 2, keys)
+    ax.set_ylabel("speed-up vs PyTorch eager fp32 (same run)")
+    ax.set_title(f"collfm2-edge, {result['machine']['cpu']} ({result['machine']['threads']} threads)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="random", help="preset or checkpoint dir (default random)")
+    ap.add_argument("--bundle", help="an exported bundle of that model (default: export one to a temp dir)")
+    ap.add_argument("--precisions", default="fp32,fp16,int8", help="precisions to export when --bundle is not given")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--maxsim-pages", type=int, default=10_000)
+    ap.add_argument("--no-bf16", action="store_true", help="skip PyTorch bf16 even where the CPU supports it")
+    ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--name", default=None, help="file stem (default: bench-<model>-<cpu count>cpu)")
+    a = ap.parse_args(argv)
+    result = run(a)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = a.name or f"bench-{Path(a.model).name}-{os.cpu_count()}cpu"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (out / f"{stem}.md").write_text(table)
+    plotted = plot(result, out / f"{stem}.png")
+    print(table)
+    print(f"wrote {out / stem}.json, .md" + (", .png" if plotted else " (no plot: pip install matplotlib)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
