@@ -332,3 +332,20 @@ def test_qdrant_backend_through_the_cli(tiny_bundle: Path, pages_dir: Path, tmp_
     assert [(h["path"], h["page"]) for h in got] == [(h["path"], h["page"]) for h in exact]
     res = _cli("search", "--backend", "qdrant", "hello")
     assert res.returncode == 2 and "--index DIR is required" in res.stderr
+
+
+def test_search_after_removing_a_page_inside_a_segment(tmp_path: Path) -> None:
+    """A removed page leaves a hole in its segment; search must score the live ranges only."""
+    rng = np.random.default_rng(7)
+    pages = _random_pages(6, rng, rows=40)
+    with Index.create(tmp_path / "idx", IDENTITY) as index:
+        with index.writer():
+            index.add_batch(pages)  # one segment
+            assert index.remove([pages[2].path]) == 1
+        assert index.info()["dead_rows"] == len(pages[2].embeddings) and index.check() == []
+        q = [pages[4].embeddings[:5]]
+        hits = index.search(q, k=10)[0]
+        live = [p for i, p in enumerate(pages) if i != 2]
+        exact = score(q, [p.embeddings.astype(np.float16) for p in live])[0]
+        assert [h.path for h in hits] == [live[i].path for i in np.argsort(-exact, kind="stable")]
+        np.testing.assert_allclose([h.score for h in hits], np.sort(exact)[::-1], rtol=1e-5)
