@@ -15,20 +15,29 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["stage_flops", "text_flops", "vision_flops"]
+__all__ = ["stage_flops", "text_flops", "vision_flops", "vision_flops_at"]
 
 
-def vision_flops(path: Path) -> float:
+def vision_flops_at(path: Path, patches: int) -> float:
+    """FLOPs of one tile run at ``patches`` patches (a patch-count bucket)."""
+    return vision_flops(path, patches)
+
+
+def vision_flops(path: Path, patches: int | None = None) -> float:
     """FLOPs of one tile through the vision graph, from ONNX shape inference at batch 1."""
     import onnx
     from onnx import shape_inference
 
     model = onnx.load(str(path))
+    # batch 1; a dynamic patch axis at ``patches`` (default: the maximum, 1,024), tokens at a quarter.
+    n = patches or 1024
+    sizes = {"patches": n, "tokens": n // 4}
     for inp in model.graph.input:
         for d in inp.type.tensor_type.shape.dim:
             if d.dim_param:
+                value = sizes.get(d.dim_param, 1)
                 d.Clear()
-                d.dim_value = 1
+                d.dim_value = value
     del model.graph.value_info[:]
     model = shape_inference.infer_shapes(model, data_prop=True)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]

@@ -83,7 +83,14 @@ def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) 
     if name == "vision":
         inputs = ["pixel_values", "pixel_attention_mask", "pos_weights", "unshuffle_index"]
         outputs = ["image_tokens"]
-        dynamic = {k: {0: "batch"} for k in inputs}
+        # Patches and tokens are dynamic too: the runtime runs small tiles on patch-count buckets
+        # (256/512/768/1024) instead of paying for 1,024 padded patches.
+        dynamic = {
+            "pixel_values": {0: "batch", 1: "patches"},
+            "pixel_attention_mask": {0: "batch", 1: "patches"},
+            "pos_weights": {0: "batch", 1: "patches"},
+            "unshuffle_index": {0: "batch", 1: "tokens"},
+        }
     else:
         inputs = ["inputs_embeds", "attention_mask"]
         outputs = ["embeddings"]
@@ -116,11 +123,13 @@ def _examples(model: Any) -> dict[str, tuple]:
     from runtime.image import position_weights, unshuffle_index
 
     vc, tc = model.config.vision_config, model.config.text_config
-    n = 1024
-    pw = np.stack([position_weights(32, 32, 16, n), position_weights(26, 36, 16, n)])
-    ui = np.stack([unshuffle_index(32, 32, 2, n // 4), unshuffle_index(26, 36, 2, n // 4)])
+    # A patch count below the maximum, so the exporter cannot tie the dynamic axis to 1,024.
+    n = 768
+    pw = np.stack([position_weights(26, 28, 16, n), position_weights(20, 36, 16, n)])
+    ui = np.stack([unshuffle_index(26, 28, 2, n // 4), unshuffle_index(20, 36, 2, n // 4)])
     mask = np.ones((2, n), np.int64)
-    mask[1, 26 * 36 :] = 0
+    mask[0, 26 * 28 :] = 0
+    mask[1, 20 * 36 :] = 0
     patch_dim = vc.num_channels * vc.patch_size**2
     vision = (
         torch.randn(2, n, patch_dim),
@@ -193,6 +202,9 @@ def _model_numbers(model: Any, processor: Any) -> dict[str, Any]:
         "max_num_patches": processor.config.max_num_patches,
         "tokens_per_tile": processor.config.max_num_patches // factor**2,
         "position_grid": round(cfg.vision_config.num_patches**0.5),
+        # Patch counts the vision graph is run at (multiples of 256 up to the maximum).
+        "patch_buckets": [n for n in (256, 512, 768, 1024) if n < processor.config.max_num_patches]
+        + [processor.config.max_num_patches],
         "patch_dim": cfg.vision_config.num_channels * cfg.vision_config.patch_size**2,
     }
 

@@ -97,13 +97,16 @@ class EngineSpec:
 def _shapes(profile: DeviceProfile, graph: str, model: dict[str, Any]) -> list[dict[str, list[list[int]]]]:
     n, d = model["max_num_patches"], model["hidden_size"]
     if graph == "vision":
-        t, pd, g = model["tokens_per_tile"], model["patch_dim"], model["position_grid"]
+        pd, g = model["patch_dim"], model["position_grid"]
         b = profile.vision_batch
+        # Patch counts from the smallest bucket to the maximum (opt: full tiles, the common case).
+        lo = min(model.get("patch_buckets", [n]))
+        patches = (lo, n, n)
         return [{
-            "pixel_values": [[x, n, pd] for x in b],
-            "pixel_attention_mask": [[x, n] for x in b],
-            "pos_weights": [[x, n, g * g] for x in b],
-            "unshuffle_index": [[x, t, 4] for x in b],
+            "pixel_values": [[x, p, pd] for x, p in zip(b, patches, strict=True)],
+            "pixel_attention_mask": [[x, p] for x, p in zip(b, patches, strict=True)],
+            "pos_weights": [[x, p, g * g] for x, p in zip(b, patches, strict=True)],
+            "unshuffle_index": [[x, p // 4, 4] for x, p in zip(b, patches, strict=True)],
         }]  # fmt: skip
     out = []
     for batch, seq in ((profile.query_batch, profile.query_seq), (profile.doc_batch, profile.doc_seq)):

@@ -126,6 +126,8 @@ class ColLFM2:
         self._max_patches = int(m["max_num_patches"])
         self._factor = int(m["downsample_factor"])
         self._max_tokens = int(m["tokens_per_tile"])
+        # Bundles whose vision graph takes a dynamic patch count list the buckets to run it at.
+        self.patch_buckets = sorted(int(b) for b in m.get("patch_buckets", [self._max_patches]))
         self.vision_batch = max(1, int(vision_batch))
 
         self.sessions: dict[str, Any] = {}
@@ -207,23 +209,37 @@ class ColLFM2:
             raise InputError("pixel_values, pixel_attention_mask and spatial_shapes disagree on the number of tiles")
         session = self.sessions["vision"]
         f = self._factor
-        out = []
-        for u0 in range(0, n_units, self.vision_batch):
-            u1 = min(n_units, u0 + self.vision_batch)
-            arrays = [
-                _tile_arrays(int(ph), int(pw), self._grid, self._max_patches, f, self._max_tokens)
-                for ph, pw in shapes[u0:u1]
-            ]
-            feeds = {
-                "pixel_values": np.ascontiguousarray(pixel_values[u0:u1], dtype=np.float32),
-                "pixel_attention_mask": np.asarray(pixel_attention_mask[u0:u1], dtype=np.int64),
-                "pos_weights": np.stack([a[0] for a in arrays]),
-                "unshuffle_index": np.stack([a[1] for a in arrays]),
-            }
-            tokens = session.run(None, feeds)[0]  # [b, T, D]
-            for k, (ph, pw) in enumerate(shapes[u0:u1]):
-                out.append(tokens[k, : (int(ph) // f) * (int(pw) // f)])
-        return np.concatenate(out, axis=0) if out else np.zeros((0, self.hidden_size), np.float32)
+        # Run each tile at the smallest patch-count bucket that holds it: padded patches are masked
+        # keys, so real rows are unchanged, and a 256-patch tile costs a quarter of a 1,024 one.
+        buckets = [self.bucket_for(int(ph) * int(pw)) for ph, pw in shapes]
+        tokens_of: dict[int, np.ndarray] = {}
+        for bucket in sorted(set(buckets)):
+            units = [u for u in range(n_units) if buckets[u] == bucket]
+            for k0 in range(0, len(units), self.vision_batch):
+                chunk = units[k0 : k0 + self.vision_batch]
+                arrays = [
+                    _tile_arrays(int(shapes[u][0]), int(shapes[u][1]), self._grid, bucket, f, bucket // (f * f))
+                    for u in chunk
+                ]
+                feeds = {
+                    "pixel_values": np.ascontiguousarray(pixel_values[chunk, :bucket], dtype=np.float32),
+                    "pixel_attention_mask": np.asarray(pixel_attention_mask[chunk, :bucket], dtype=np.int64),
+                    "pos_weights": np.stack([a[0] for a in arrays]),
+                    "unshuffle_index": np.stack([a[1] for a in arrays]),
+                }
+                out = session.run(None, feeds)[0]  # [b, bucket / f^2, D]
+                for k, u in enumerate(chunk):
+                    ph, pw = int(shapes[u][0]), int(shapes[u][1])
+                    tokens_of[u] = out[k, : (ph // f) * (pw // f)]
+        out_list = [tokens_of[u] for u in range(n_units)]
+        return np.concatenate(out_list, axis=0) if out_list else np.zeros((0, self.hidden_size), np.float32)
+
+    def bucket_for(self, patches: int) -> int:
+        """The smallest patch-count bucket that holds ``patches`` (the graph's maximum if none)."""
+        for b in self.patch_buckets:
+            if patches <= b:
+                return b
+        return self.patch_buckets[-1]
 
     def text(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Text graph: [B, S, D] + [B, S] -> [B, S, 128] float32, padded rows 0."""

@@ -60,6 +60,7 @@ def test_fidelity_targets(tiny_bundle: Path, pages_and_queries, precision: str) 
 def test_manifest_contract(tiny_bundle: Path) -> None:
     m = json.loads((tiny_bundle / MANIFEST).read_text())
     assert m["schema_version"] == 1 and m["opset"] >= 18
+    assert m["model"]["patch_buckets"] == [256, 512, 768, 1024]
     assert m["source"] == {"kind": "preset", "preset": "tiny", "seed": 0, "random_weights": True}
     assert set(m["precisions"]) == set(ALL) and m["default_precision"] == "fp32"
     for v in ("torch", "transformers", "onnx", "onnxruntime"):
@@ -81,8 +82,9 @@ def test_manifest_contract(tiny_bundle: Path) -> None:
         assert [i["name"] for i in vision["inputs"]] == [
             "pixel_values", "pixel_attention_mask", "pos_weights", "unshuffle_index"
         ]  # fmt: skip
-        assert vision["inputs"][0]["shape"] == ["batch", 1024, 768]
-        assert vision["outputs"][0]["shape"][1:] == [256, 64]
+        assert vision["inputs"][0]["shape"] == ["batch", "patches", 768]  # run on patch-count buckets
+        assert vision["inputs"][3]["shape"] == ["batch", "tokens", 4]
+        assert vision["outputs"][0]["shape"][-1] == 64
         assert text["inputs"][0]["shape"] == ["batch", "sequence", 64]
         assert text["outputs"][0] == {"name": "embeddings", "dtype": "float32", "shape": ["batch", "sequence", 128]}
     # The int8-qdq text graph fails static activation quantisation on random weights and falls back;
@@ -106,10 +108,12 @@ def test_graph_files(tiny_bundle: Path) -> None:
     assert "QuantizeLinear" in ops["int8-qdq", "vision"]
 
 
+@pytest.mark.parametrize("bucket", [None, "smallest"])
 @pytest.mark.parametrize("shapes", [[(32, 32), (26, 36)], [(2, 2), (4, 62), (62, 4)], [(20, 50), (38, 26), (16, 16)]])
-def test_vision_graph_every_tile_shape(tiny_bundle: Path, tiny_model, shapes) -> None:
+def test_vision_graph_every_tile_shape(tiny_bundle: Path, tiny_model, shapes, bucket) -> None:
     """Position interpolation and unshuffle, against transformers, for shapes preprocessing makes:
-    non-square, fewer than 256 tokens, mixed in one batch."""
+    non-square, fewer than 256 tokens, mixed in one batch; at 1,024 patches and at the smallest
+    patch-count bucket that holds them (transformers always pads to 1,024)."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
@@ -125,11 +129,12 @@ def test_vision_graph_every_tile_shape(tiny_bundle: Path, tiny_model, shapes) ->
             pixel_attention_mask=torch.from_numpy(mask),
         ).pooler_output
     sess = ort.InferenceSession(str(tiny_bundle / "fp32" / "vision.onnx"), providers=["CPUExecutionProvider"])
+    size = 1024 if bucket is None else -(-max(h * w for h, w in shapes) // 256) * 256
     feeds = {
-        "pixel_values": pv,
-        "pixel_attention_mask": mask,
-        "pos_weights": np.stack([position_weights(h, w) for h, w in shapes]),
-        "unshuffle_index": np.stack([unshuffle_index(h, w) for h, w in shapes]),
+        "pixel_values": pv[:, :size],
+        "pixel_attention_mask": mask[:, :size],
+        "pos_weights": np.stack([position_weights(h, w, max_patches=size) for h, w in shapes]),
+        "unshuffle_index": np.stack([unshuffle_index(h, w, max_tokens=size // 4) for h, w in shapes]),
     }
     got = sess.run(None, feeds)[0]
     for i, r in enumerate(ref):
