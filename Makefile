@@ -24,14 +24,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# --dpi 72 below: the sample PDF is letter size, so its pages stay one tile each (150 dpi would
+# tile them 3x2 + thumbnail, ~7x the work on this CPU).
 demo: $(STAMP)
 	$(BIN)/python -m export --target checkpoint --model random --out build/collfm2-random --force
 	$(BIN)/python -m export --target onnx --model build/collfm2-random --out build/bundle-random \
 		--precision $(DEMO_PRECISION) --force
 	$(BIN)/python -m export.demo --bundle build/bundle-random
 	rm -rf build/index
-	# --dpi 72: the sample PDF is letter size, so its pages stay one tile each (150 dpi would tile
-	# them 3x2 + thumbnail, ~7x the work on this CPU).
 	$(BIN)/python -m runtime index add --index build/index --bundle build/bundle-random --dpi 72 build/sample_pages
 	$(BIN)/python -m runtime search --index build/index -k 5 "total amount due on the invoice"
 
