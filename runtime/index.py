@@ -32,7 +32,7 @@ import numpy as np
 from .errors import StoreError
 from .scoring import score_packed
 
-__all__ = ["Hit", "Index", "PageRecord", "bundle_identity"]
+__all__ = ["Hit", "Index", "PageRecord", "bundle_identity", "check_identity"]
 
 SCHEMA_VERSION = 1
 DB = "index.sqlite"
@@ -93,6 +93,18 @@ def bundle_identity(bundle: Any, precision: str) -> dict[str, str]:
         "precision": precision,
         "dim": str(bundle.model["dim"]),
     }
+
+
+def check_identity(where: str, meta: dict[str, str], identity: dict[str, str], remedy: str) -> None:
+    """Raise ``StoreError`` unless ``identity`` is the bundle recorded in a store's ``meta``."""
+    for key in ("bundle_manifest_sha256", "precision", "dim"):
+        if meta.get(key) != identity.get(key):
+            raise StoreError(
+                f"{where}: built with bundle {meta.get('bundle_model')} ({meta.get('precision')}, manifest "
+                f"{meta.get('bundle_manifest_sha256', '')[:12]}...), not {identity.get('bundle_model')} "
+                f"({identity.get('precision')}, manifest {identity.get('bundle_manifest_sha256', '')[:12]}...): "
+                f"{key} differs. Vectors of different bundles cannot be compared; {remedy}"
+            )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -175,15 +187,7 @@ class Index:
 
     def check_bundle(self, identity: dict[str, str]) -> None:
         """Refuse a bundle other than the one that made this index's vectors."""
-        meta = self.meta
-        for key in ("bundle_manifest_sha256", "precision", "dim"):
-            if meta.get(key) != identity.get(key):
-                raise StoreError(
-                    f"{self.root}: built with bundle {meta.get('bundle_model')} ({meta.get('precision')}, manifest "
-                    f"{meta.get('bundle_manifest_sha256', '')[:12]}...), not {identity.get('bundle_model')} "
-                    f"({identity.get('precision')}, manifest {identity.get('bundle_manifest_sha256', '')[:12]}...): "
-                    f"{key} differs. Vectors of different bundles cannot be compared; use a new index"
-                )
+        check_identity(str(self.root), self.meta, identity, "use a new index")
 
     # -- writing --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError, UserError
-from .index import Hit, PageRecord
+from .index import Hit, PageRecord, check_identity
 
 __all__ = ["QdrantStore"]
 
@@ -78,14 +78,7 @@ class QdrantStore:
         return {k: v for k, v in got[0].payload.items() if k != "kind"}
 
     def check_bundle(self, identity: dict[str, str]) -> None:
-        meta = self.meta
-        for key in ("bundle_manifest_sha256", "precision", "dim"):
-            if meta.get(key) != identity.get(key):
-                raise StoreError(
-                    f"qdrant collection {self.collection!r}: built with bundle {meta.get('bundle_model')} "
-                    f"({meta.get('precision')}), not {identity.get('bundle_model')} ({identity.get('precision')}): "
-                    f"{key} differs; use a new collection"
-                )
+        check_identity(f"qdrant collection {self.collection!r}", self.meta, identity, "use a new collection")
 
     def _page_filter(self, **match: Any) -> Any:
         from qdrant_client import models
