@@ -129,18 +129,10 @@ def plan(cfg: ExportConfig) -> list[str]:
 
 
 def run(cfg: ExportConfig) -> Path:
-    from .checkpoint import load_model, save_checkpoint
+    from .checkpoint import load_for_writing, save_checkpoint
 
     out = Path(cfg.out)
-    if out.exists() and not cfg.force:
-        raise UserError(f"{out} already exists; pass --force to replace it")
-    t0 = time.perf_counter()
-    _step(f"loading {cfg.model} ...")
-    loaded = load_model(cfg.model, base=cfg.base)
-    _step(f"loaded in {time.perf_counter() - t0:.1f}s; " + "; ".join(loaded.notes))
-    if loaded.random_weights:
-        _step("WARNING: RANDOM WEIGHTS. This checkpoint has the real architecture but no trained weights;")
-        _step("         its embeddings and rankings are meaningless. Use it to test the pipeline, not to search.")
+    loaded = load_for_writing(cfg.model, cfg.base, out, cfg.force, "checkpoint", _step)
     t1 = time.perf_counter()
     _step(f"writing {out} ...")
     save_checkpoint(

@@ -27,12 +27,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ModelFilesError
+from runtime.errors import ModelFilesError, UserError
 
 from ._compat import patch_torchvision
 from .presets import PRESETS, Preset, shipped_base_config
@@ -53,6 +54,7 @@ __all__ = [
     "atomic_dir",
     "build_preset",
     "load_checkpoint",
+    "load_for_writing",
     "load_model",
     "normalize_key",
     "resolve_base",
@@ -340,6 +342,25 @@ def load_model(spec: str | Path, base: str | Path | None = None, **kwargs: Any) 
         loaded.model.to(device=device, dtype=dtype)
         return loaded
     return load_checkpoint(spec, base=base, **kwargs)
+
+
+def load_for_writing(
+    spec: str, base: str | None, out: str | Path, force: bool, what: str, log: Callable[[str], None]
+) -> LoadedModel:
+    """The load step of every export target: refuse an existing ``out`` without ``force``, load
+    ``spec`` and say what came in, and warn loudly when the weights are random. ``what`` names the
+    artifact being written (``"checkpoint"``, ``"bundle"``) in the warning."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it")
+    t0 = time.perf_counter()
+    log(f"loading {spec} ...")
+    loaded = load_model(spec, base=base)
+    log(f"loaded in {time.perf_counter() - t0:.1f}s; " + "; ".join(loaded.notes))
+    if loaded.random_weights:
+        log(f"WARNING: RANDOM WEIGHTS. This {what} has the real architecture but no trained weights;")
+        log("         its embeddings and rankings are meaningless. Use it to test the pipeline, not to search.")
+    return loaded
 
 
 # ---------------------------------------------------------------------------------------------

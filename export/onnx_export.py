@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, Bundle, sha256_file
-from runtime.errors import UserError
 
 from .presets import PRESETS
 from .recipes import METHODS, RECIPES, Precision
@@ -213,7 +212,7 @@ def _calibration_feeds(model: Any, processor: Any) -> dict[str, list[dict[str, n
     from .validate import calibration_inputs, reference_set
 
     pages, queries = calibration_inputs(processor)
-    ref = reference_set(model, processor, pages, queries, full_pipeline=False)
+    ref = reference_set(model, processor, pages, queries, full_pipeline=False, text_outputs=False)
     return {"vision": [c.feeds for c in ref.vision], "text": [c.feeds for c in ref.text]}
 
 
@@ -289,19 +288,13 @@ def _summary(rec: dict[str, Any]) -> str:
 
 def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
     """Export, gate, validate and package. Returns (bundle path, all validations passed)."""
-    from .checkpoint import atomic_dir, load_model, write_processor_files
+    from .checkpoint import atomic_dir, load_for_writing, write_processor_files
     from .graphs import MASK_VALUE, TextGraph, VisionGraph, attention
 
     out = Path(cfg.out)
-    if out.exists() and not cfg.force:
-        raise UserError(f"{out} already exists; pass --force to replace it")
     t_start = time.perf_counter()
-    log(f"loading {cfg.model} ...")
-    loaded = load_model(cfg.model, base=cfg.base)
+    loaded = load_for_writing(cfg.model, cfg.base, out, cfg.force, "bundle", log)
     model = loaded.model.float().eval()
-    if loaded.random_weights:
-        log("WARNING: RANDOM WEIGHTS. The bundle has the real architecture but no trained weights;")
-        log("         its embeddings and rankings are meaningless. Use it to test the pipeline, not to search.")
     timings: dict[str, float] = {"load": time.perf_counter() - t_start}
     all_passed = True
     with atomic_dir(out) as tmp:
