@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -37,23 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import timeit
+
 SCHEMA = "collfm2-edge-benchmark/1"
 PAGES = {"512x512": (512, 512), "A4-150dpi": (1754, 1240)}
 QUERY_TOKENS = (20, 64)
-
-
-def _timeit(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    p95 = ts[min(len(ts) - 1, round(0.95 * (len(ts) - 1)))]
-    return {"p50_ms": statistics.median(ts) * 1e3, "p95_ms": p95 * 1e3, "mean_ms": statistics.fmean(ts) * 1e3,
-            "runs": runs}  # fmt: skip
 
 
 def machine(threads: int) -> dict[str, Any]:
@@ -112,21 +99,22 @@ def gemm_peaks(threads: int) -> dict[str, float]:
     import torch
     from onnx import TensorProto
 
+    def rate(n: int, fn: Callable[[], Any]) -> float:  # G(FL)OP/s of an n x n x n product
+        return 2 * n**3 / (timeit(fn, 1, 3)["p50_ms"] / 1e3) / 1e9
+
     rng = np.random.default_rng(0)
     out: dict[str, float] = {}
     for n in (2048, 4096):
         a = rng.standard_normal((n, n)).astype(np.float32)
         s = _ort_matmul(threads, n, TensorProto.FLOAT, TensorProto.FLOAT, "MatMul")
-        out[f"ort_fp32_{n}"] = (
-            2 * n**3 / (_timeit(lambda s=s, a=a: s.run(None, {"a": a, "b": a}), 1, 3)["p50_ms"] / 1e3) / 1e9
-        )
+        out[f"ort_fp32_{n}"] = rate(n, lambda s=s, a=a: s.run(None, {"a": a, "b": a}))
         t = torch.from_numpy(a)
-        out[f"torch_fp32_{n}"] = 2 * n**3 / (_timeit(lambda t=t: t @ t, 1, 3)["p50_ms"] / 1e3) / 1e9
+        out[f"torch_fp32_{n}"] = rate(n, lambda t=t: t @ t)
     n = 2048
     s8 = _ort_matmul(threads, n, TensorProto.UINT8, TensorProto.INT8, "MatMulInteger")
     a8 = rng.integers(0, 255, (n, n), dtype=np.uint8)
     b8 = rng.integers(-127, 127, (n, n), dtype=np.int8)
-    out["ort_int8_2048"] = 2 * n**3 / (_timeit(lambda: s8.run(None, {"a": a8, "b": b8}), 1, 3)["p50_ms"] / 1e3) / 1e9
+    out["ort_int8_2048"] = rate(n, lambda: s8.run(None, {"a": a8, "b": b8}))
     out["fp32"] = max(v for k, v in out.items() if "fp32" in k)
     out["int8"] = out["ort_int8_2048"]
     return out
@@ -135,7 +123,7 @@ def gemm_peaks(threads: int) -> dict[str, float]:
 def copy_bandwidth() -> float:
     a = np.ones(1 << 25, np.float32)  # 128 MB
     b = np.empty_like(a)
-    t = _timeit(lambda: np.copyto(b, a), 1, 5)
+    t = timeit(lambda: np.copyto(b, a), 1, 5)
     return 2 * a.nbytes / (t["p50_ms"] / 1e3) / 1e9
 
 
@@ -183,15 +171,15 @@ def eager_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup:
                 return e / e.norm(dim=-1, keepdim=True)
 
             out[name] = {
-                "vision": _timeit(vision, warmup, runs),
-                "merge": _timeit(merge, warmup, runs),
-                "text": _timeit(text, warmup, runs),
-                "page_end_to_end": _timeit(lambda img=img: model.encode(processor.process_images([img])), warmup, runs),
+                "vision": timeit(vision, warmup, runs),
+                "merge": timeit(merge, warmup, runs),
+                "text": timeit(text, warmup, runs),
+                "page_end_to_end": timeit(lambda img=img: model.encode(processor.process_images([img])), warmup, runs),
                 "tokens": int(b["attention_mask"].sum()),
                 "tiles": int(b["pixel_values"].shape[0]),
             }
         for n, q in queries.items():
-            out[f"query_{n}"] = _timeit(lambda q=q: model.encode(processor.process_queries(q)), warmup, runs)
+            out[f"query_{n}"] = timeit(lambda q=q: model.encode(processor.process_queries(q)), warmup, runs)
     return out
 
 
@@ -212,15 +200,15 @@ def ort_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: i
 
         embeds = merge()
         out[name] = {
-            "vision": _timeit(vision, warmup, runs),
-            "merge": _timeit(merge, warmup, runs),
-            "text": _timeit(lambda b=b, e=embeds: model.text(e, b["attention_mask"]), warmup, runs),
-            "page_end_to_end": _timeit(lambda img=img: model(**processor.process_images([img])), warmup, runs),
+            "vision": timeit(vision, warmup, runs),
+            "merge": timeit(merge, warmup, runs),
+            "text": timeit(lambda b=b, e=embeds: model.text(e, b["attention_mask"]), warmup, runs),
+            "page_end_to_end": timeit(lambda img=img: model(**processor.process_images([img])), warmup, runs),
             "tokens": int(b["attention_mask"].sum()),
             "tiles": int(b["pixel_values"].shape[0]),
         }
     for n, q in queries.items():
-        out[f"query_{n}"] = _timeit(lambda q=q: model(**processor.process_queries(q)), warmup, runs)
+        out[f"query_{n}"] = timeit(lambda q=q: model(**processor.process_queries(q)), warmup, runs)
     return out
 
 
@@ -238,19 +226,19 @@ def maxsim_bench(n_pages: int, rows: int, warmup: int, runs: int, tmp: Path, wit
     flops = 2 * 20 * n_pages * rows * 128
     res: dict[str, Any] = {"pages": n_pages, "rows": rows, "query_rows": 20, "flops": flops,
                            "doc_bytes_fp16": n_pages * rows * 256}  # fmt: skip
-    res["ours"] = _timeit(lambda: score([q], docs), warmup, runs)
+    res["ours"] = timeit(lambda: score([q], docs), warmup, runs)
 
     def naive() -> Any:
         return [float((q @ d.astype(np.float32).T).max(axis=1).sum()) for d in docs]
 
-    res["naive_loop"] = _timeit(naive, 0, 1)
+    res["naive_loop"] = timeit(naive, 0, 1)
     if with_seed:
         import torch
         from sauerkrautlm_colpali.utils.processing_utils import BaseVisualRetrieverProcessor as P
 
         tq = [torch.from_numpy(q)]
         tdocs = [torch.from_numpy(d.astype(np.float32)) for d in docs]  # the seed's MTEB path casts to fp32
-        res["seed_score_multi_vector"] = _timeit(lambda: P.score_multi_vector(tq, tdocs, device="cpu"), 0, 1)
+        res["seed_score_multi_vector"] = timeit(lambda: P.score_multi_vector(tq, tdocs, device="cpu"), 0, 1)
     identity = {"bundle_path": "-", "bundle_manifest_sha256": "0", "bundle_model": "-",
                 "bundle_random_weights": "true", "precision": "-", "dim": "128"}  # fmt: skip
     index = Index.create(tmp / "bench-index", identity)
@@ -259,7 +247,7 @@ def maxsim_bench(n_pages: int, rows: int, warmup: int, runs: int, tmp: Path, wit
             index.add_batch(
                 [PageRecord(f"/p/{i}", 1, f"h{i}", 0, docs[i]) for i in range(start, min(n_pages, start + 500))]
             )
-    res["index_search"] = _timeit(lambda: index.search([q], k=10), warmup, runs)
+    res["index_search"] = timeit(lambda: index.search([q], k=10), warmup, runs)
     index.close()
     return res
 
@@ -325,7 +313,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     result["gemm_peak_gflops"] = result["gemm_peaks"]["fp32"]
     result["copy_gbs"] = copy_bandwidth()
     result["flops"] = stage_flops(bundle, {n: None for n in PAGES}, pages, processor, QUERY_TOKENS)
-    result["preprocess"] = {n: _timeit(lambda img=img: processor.process_images([img]), a.warmup, a.runs)
+    result["preprocess"] = {n: timeit(lambda img=img: processor.process_images([img]), a.warmup, a.runs)
                             for n, img in pages.items()}  # fmt: skip
 
     backends: dict[str, Any] = {}

@@ -24,18 +24,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import timeit
+
 IDENTITY = {"bundle_path": "-", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
             "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
 
 
 def _median_time(fn, repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    """Median seconds of ``repeat`` calls after one warm-up."""
+    return timeit(fn, 1, repeat)["p50_ms"] / 1e3
 
 
 def bench_search(n_pages: int, rows: int, repeat: int, tmp: Path) -> dict:

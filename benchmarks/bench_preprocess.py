@@ -14,16 +14,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import timeit
 
 PROMPT = "<|im_start|>user\n<image>Describe the image.<|im_end|>"
 PAGES = {"512x512": (512, 512), "A4-150dpi": (1754, 1240)}
@@ -37,16 +37,6 @@ def _page(h: int, w: int) -> Image.Image:
     arr[((yy // 18) % 2 == 0) & ((xx // 9) % 3 != 0) & (yy % 18 > 6)] = 40
     arr = np.clip(arr.astype(np.int16) + rng.integers(-6, 7, arr.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(arr)
-
-
-def _time(fn, repeat: int) -> list[float]:
-    fn()  # warm-up: caches, lazy imports, allocator
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def main() -> int:
@@ -82,9 +72,9 @@ def main() -> int:
         ref = hf(text=PROMPT, images=img, return_tensors="np")
         got = ours.process_images([img])
         exact = all(np.array_equal(ref[k], got[k]) for k in got)
-        t_hf = _time(lambda img=img: hf(text=PROMPT, images=img, return_tensors="pt"), a.repeat)
-        t_ours = _time(lambda img=img: ours.process_images([img]), a.repeat)
-        m_hf, m_ours = statistics.median(t_hf), statistics.median(t_ours)
+        # warm-up once: caches, lazy imports, allocator
+        m_hf = timeit(lambda img=img: hf(text=PROMPT, images=img, return_tensors="pt"), 1, a.repeat)["p50_ms"] / 1e3
+        m_ours = timeit(lambda img=img: ours.process_images([img]), 1, a.repeat)["p50_ms"] / 1e3
         rows.append(
             {
                 "page": name,
