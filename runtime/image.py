@@ -46,18 +46,20 @@ MAX_IMAGE_PIXELS = 2 * 89_478_485
 # Decode
 
 
-def decode_image(source: ImageSource, mode: str = "corrected") -> np.ndarray:
+def decode_image(source: ImageSource, mode: str = "corrected", name: str | None = None) -> np.ndarray:
     """Decode ``source`` to an H x W x 3 uint8 array.
 
     ``mode="upstream"`` is exactly what sauerkrautlm-colpali does: ``Image.open(p).convert("RGB")``.
     ``mode="corrected"`` also applies the EXIF orientation, scales 16-bit and float images to
     8 bits (Pillow clips them, which turns a 16-bit scan white) and composites alpha on white
     (Pillow drops it, which turns transparent areas black). The two agree on ordinary RGB/L files.
-    Raises :class:`ImageError` with a one-line reason for anything that is not a usable image.
+    Raises :class:`ImageError` with a one-line reason for anything that is not a usable image,
+    naming the image as ``name`` (default: ``describe_source(source)``; pass the file's name when
+    the source is bytes or a rendered page).
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
-    name = describe_source(source)
+    name = name or describe_source(source)
     if isinstance(source, np.ndarray):
         return _from_array(source, name)
     image = _open(source, name) if not isinstance(source, Image.Image) else source

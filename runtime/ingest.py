@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -162,10 +161,10 @@ def encode_stream(
                     q.put(Skipped(src, reason))
                     continue
                 try:
-                    page = processor.process_image(src.load())
+                    # Pages arrive as bytes or a rendered PDF page: errors name the file and page.
+                    page = processor.process_image(src.load(), name=src.name)
                 except UserError as exc:
-                    # Pages are decoded from bytes or a rendered PDF page: name the file instead.
-                    q.put(Failed(src.path, src.page, f"{src.name}: {re.sub(r'^<[^>]*>: ', '', str(exc))}"))
+                    q.put(Failed(src.path, src.page, str(exc)))
                     continue
                 q.put((src, page))
         except BaseException as exc:  # surface bugs in the consumer, with their traceback

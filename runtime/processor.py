@@ -95,13 +95,15 @@ class ColLFM2Processor:
 
     # -- images --------------------------------------------------------------------------
 
-    def process_image(self, image: ImageSource) -> ProcessedPage:
-        """Preprocess one image (a path, bytes, PIL image or HxWx3 uint8 array)."""
-        rgb = decode_image(image, self.decode)
+    def process_image(self, image: ImageSource, name: str | None = None) -> ProcessedPage:
+        """Preprocess one image (a path, bytes, PIL image or HxWx3 uint8 array). Errors name it
+        ``name`` (default: its path, or its kind)."""
+        name = name or describe_source(image)
+        rgb = decode_image(image, self.decode, name)
         try:
             plan = plan_image(rgb.shape[0], rgb.shape[1], self.config)
         except ImageError as exc:  # name the file, as decode errors do
-            raise ImageError(f"{describe_source(image)}: {exc}") from exc
+            raise ImageError(f"{name}: {exc}") from exc
         units = make_units(rgb, plan)
         cfg = self.config
         pixel_values = np.empty((len(units), cfg.max_num_patches, cfg.patch_dim), dtype=np.float32)
