@@ -185,9 +185,11 @@ class ColLFM2:
         (native engines from ``python -m export --target trt``). Without ``precision``, each backend
         picks its own (``default_precision``).
         """
-        bundle = open_bundle(Path(path), verify=False)
+        bundle = open_bundle(Path(path), verify=False)  # the precision may depend on what it holds
         precision = precision or default_precision(backend, bundle.precisions)
-        bundle = open_bundle(Path(path), precision, verify=verify)
+        bundle.precision(precision)  # a clear error for a precision the bundle lacks
+        if verify:
+            bundle.verify(precision)
         return cls(bundle, precision, providers, threads, vision_batch, output_dtype, backend)
 
     # -- stages ---------------------------------------------------------------------------
