@@ -138,49 +138,78 @@ def _inputs(processor: Any) -> tuple[dict[str, Any], dict[int, list[str]]]:
     return pages, queries
 
 
-def eager_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:
+def eager_stage_fns(model: Any, batch: dict[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
+    """The page stages of a transformers model as closures over one processed page, on the
+    model's device: ``vision``, ``merge`` and ``text``, each fed by the one before it (run once
+    here). The timings and the FLOP counts both go through these, so they measure the same calls."""
     import torch
+
+    dev = next(model.parameters()).device
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in batch.items()}
+    pv = t["pixel_values"].to(model.dtype)
+
+    def vision() -> Any:
+        feats = model.model.get_image_features(
+            pixel_values=pv, spatial_shapes=t["spatial_shapes"], pixel_attention_mask=t["pixel_attention_mask"]
+        )
+        return feats.pooler_output
+
+    feats = torch.cat(list(vision()))
+
+    def merge() -> Any:
+        e = model.model.language_model.embed_tokens(t["input_ids"])
+        mask = (t["input_ids"] == model.config.image_token_id)[..., None].expand_as(e)
+        return e.masked_scatter(mask, feats.to(e.dtype))
+
+    embeds = merge()
+
+    def text() -> Any:
+        h = model.model.language_model(inputs_embeds=embeds, attention_mask=t["attention_mask"],
+                                       use_cache=False).last_hidden_state  # fmt: skip
+        e = model.custom_text_proj(h)
+        return e / e.norm(dim=-1, keepdim=True)
+
+    return {"vision": vision, "merge": merge, "text": text}
+
+
+def eager_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:
+    """Per-stage times of a transformers model on whatever device it sits on. On CUDA every timed
+    call ends in a synchronize, or the clock would stop at the kernel launch."""
+    import torch
+
+    dev = next(model.parameters()).device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def timed(fn: Callable[[], Any]) -> dict[str, float]:
+        return timeit(lambda: (fn(), sync()), warmup, runs)
 
     out: dict[str, Any] = {}
     with torch.inference_mode():
         for name, img in pages.items():
             b = processor.process_images([img])
-            t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
-            pv = t["pixel_values"].to(model.dtype)
-
-            def vision(t=t, pv=pv) -> Any:
-                shapes, mask = t["spatial_shapes"], t["pixel_attention_mask"]
-                feats = model.model.get_image_features(
-                    pixel_values=pv, spatial_shapes=shapes, pixel_attention_mask=mask
-                )
-                return feats.pooler_output
-
-            feats = torch.cat(list(vision()))
-
-            def merge(t=t, feats=feats) -> Any:
-                e = model.model.language_model.embed_tokens(t["input_ids"])
-                mask = (t["input_ids"] == model.config.image_token_id)[..., None].expand_as(e)
-                return e.masked_scatter(mask, feats.to(e.dtype))
-
-            embeds = merge()
-
-            def text(t=t, embeds=embeds) -> Any:
-                h = model.model.language_model(inputs_embeds=embeds, attention_mask=t["attention_mask"],
-                                               use_cache=False).last_hidden_state  # fmt: skip
-                e = model.custom_text_proj(h)
-                return e / e.norm(dim=-1, keepdim=True)
-
-            out[name] = {
-                "vision": timeit(vision, warmup, runs),
-                "merge": timeit(merge, warmup, runs),
-                "text": timeit(text, warmup, runs),
-                "page_end_to_end": timeit(lambda img=img: model.encode(processor.process_images([img])), warmup, runs),
-                "tokens": int(b["attention_mask"].sum()),
-                "tiles": int(b["pixel_values"].shape[0]),
-            }
+            out[name] = {stage: timed(fn) for stage, fn in eager_stage_fns(model, b).items()}
+            # encode() copies the result back to the host, which synchronises by itself.
+            out[name]["page_end_to_end"] = timed(lambda img=img: model.encode(processor.process_images([img])))
+            out[name]["tokens"] = int(b["attention_mask"].sum())
+            out[name]["tiles"] = int(b["pixel_values"].shape[0])
         for n, q in queries.items():
-            out[f"query_{n}"] = timeit(lambda q=q: model.encode(processor.process_queries(q)), warmup, runs)
+            out[f"query_{n}"] = timed(lambda q=q: model.encode(processor.process_queries(q)))
     return out
+
+
+def torch_as_bundle(model: Any) -> Callable[..., np.ndarray]:
+    """A transformers model called like a ``runtime.ColLFM2``: numpy batch in, padded [B, L, 128]
+    float32 out, so that ``fidelity`` compares any backend against the same reference."""
+    import torch
+
+    dev = next(model.parameters()).device
+
+    def call(**batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in batch.items()}
+            return model(**t).float().cpu().numpy()
+
+    return call
 
 
 def ort_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:
@@ -337,6 +366,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         ort_models[f"ort-cpu-{p}"] = m
         backends[f"ort-cpu-{p}"] = ort_stages(m, processor, pages, queries, a.warmup, a.runs)
     if torch.cuda.is_available():
+        # The full CUDA comparison (bf16, batching, GPU peaks) is benchmarks/bench_cuda.py.
         print("[bench] PyTorch CUDA fp32 ...", flush=True)
         cuda = load_model(a.model).model.float().eval().to("cuda")
         backends["torch-cuda-fp32"] = eager_stages(cuda, processor, pages, queries, a.warmup, a.runs)
@@ -443,7 +473,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict[str, Any], path: Path) -> bool:
+def plot(result: dict[str, Any], path: Path, title: str | None = None) -> bool:
     try:
         import matplotlib
 
@@ -464,7 +494,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(keys)) + width * (len(names) - 1) / 2, keys)
     ax.set_ylabel("speed-up vs PyTorch eager fp32 (same run)")
-    ax.set_title(f"collfm2-edge, {result['machine']['cpu']} ({result['machine']['threads']} threads)", fontsize=9)
+    m = result["machine"]
+    ax.set_title(title or f"collfm2-edge, {m['cpu']} ({m['threads']} threads)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -35,3 +35,36 @@ def test_benchmark_json_schema(tiny_bundle: Path, tmp_path: Path) -> None:
     assert {"ours", "naive_loop", "seed_score_multi_vector", "index_search"} <= set(ms)
     assert r["ratios"]["maxsim"]["ours_gflops"] > 0
     assert (tmp_path / "t.md").read_text().startswith("# collfm2-edge benchmark")
+
+
+def test_cuda_benchmark_json_schema(tmp_path: Path) -> None:
+    """The CUDA reference benchmark's code path, run with its "device" backends on the CPU."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_cuda", "--model", "tiny", "--device", "cpu", "--runs", "1",
+           "--cpu-runs", "1", "--warmup", "0", "--batch-sizes", "1,2", "--threads", "2", "--out-dir", str(tmp_path),
+           "--name", "c"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["schema"] == "collfm2-edge-benchmark-cuda/1" and r["config"]["random_weights"] is True
+    assert set(r["backends"]) == {"torch-eager-fp32", "torch-cpu-fp32", "torch-cpu-bf16"}
+    for name, stages in r["backends"].items():
+        for stage in ("vision", "merge", "text", "page_end_to_end"):
+            assert r["ratios"][name]["A4-150dpi"][stage]["vs_eager_fp32"] > 0
+        assert {"query_20", "query_64"} <= set(stages)
+        assert all(v["pages_per_s"] > 0 for v in r["throughput_512x512"][name].values())
+    assert set(r["throughput_512x512"]["torch-cpu-bf16"]) == {"1", "2"}
+    assert r["flops"]["A4-150dpi"]["vision"] > r["flops"]["512x512"]["vision"] > 0
+    # The same weights on the same device in fp32: identical to the reference.
+    assert r["fidelity"]["torch-cpu-fp32"]["pages"]["worst_cos"] > 0.99999
+    assert 0.9 < r["fidelity"]["torch-cpu-bf16"]["pages"]["worst_cos"] <= 1.0
+    assert (tmp_path / "c.md").read_text().startswith("# collfm2-edge PyTorch reference on cpu")
+
+
+def test_cuda_benchmark_refuses_without_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    res = subprocess.run([sys.executable, "-m", "benchmarks.bench_cuda", "--model", "tiny"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert res.returncode != 0 and "no CUDA device here" in res.stderr and "Traceback" not in res.stderr
