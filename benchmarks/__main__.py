@@ -267,7 +267,7 @@ def maxsim_bench(n_pages: int, rows: int, warmup: int, runs: int, tmp: Path, wit
 
         tq = [torch.from_numpy(q)]
         tdocs = [torch.from_numpy(d.astype(np.float32)) for d in docs]  # the seed's MTEB path casts to fp32
-        res["seed_score_multi_vector"] = timeit(lambda: P.score_multi_vector(tq, tdocs, device="cpu"), 0, 1)
+        res["seed_score_multi_vector"] = timeit(lambda: P.score_multi_vector(tq, tdocs, device="cpu"), warmup, runs)
     identity = {"bundle_path": "-", "bundle_manifest_sha256": "0", "bundle_model": "-",
                 "bundle_random_weights": "true", "precision": "-", "dim": "128"}  # fmt: skip
     index = Index.create(tmp / "bench-index", identity)

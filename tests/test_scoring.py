@@ -88,25 +88,75 @@ def test_edge_cases() -> None:
         score([_unit_rows(rng, 2)], [_unit_rows(rng, 2)], mode="fast")
 
 
-def test_fp16_kernel_is_the_graph_it_claims_and_exact() -> None:
-    """The embedded ONNX bytes are Cast(fp16 -> fp32) + Gemm(transB=1), and give numpy's numbers."""
-    import onnx
+def _maxsim_graph(doc_type: int) -> bytes:
+    """How runtime.scoring's embedded kernels were built."""
     from onnx import TensorProto, helper
 
-    from runtime.scoring import _MAXSIM_F16_ONNX, similarities
-
-    model = onnx.load_from_string(_MAXSIM_F16_ONNX)
-    onnx.checker.check_model(model)
-    nodes = [
-        (n.op_type, list(n.input), {a.name: helper.get_attribute_value(a) for a in n.attribute})
-        for n in model.graph.node
+    nodes, src = [], "docs"
+    if doc_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["docs"], ["docs_f32"], to=TensorProto.FLOAT))
+        src = "docs_f32"
+    nodes += [
+        helper.make_node("MatMul", [src, "queries_t"], ["sims"]),
+        helper.make_node("Reshape", ["sims", "shape"], ["per_doc"]),
+        helper.make_node("ReduceMax", ["per_doc", "axis"], ["best"], keepdims=0),
     ]
-    assert nodes == [("Cast", ["docs"], {"to": TensorProto.FLOAT}), ("Gemm", ["queries", "docs_f32"], {"transB": 1})]
-    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.FLOAT, TensorProto.FLOAT16]
-    rng = np.random.default_rng(0)
-    q = rng.standard_normal((7, 128)).astype(np.float32)
-    d = rng.standard_normal((1000, 128)).astype(np.float16)
-    np.testing.assert_allclose(similarities(q, d), q @ d.astype(np.float32).T, rtol=1e-5, atol=1e-5)
+    graph = helper.make_graph(
+        nodes,
+        "maxsim",
+        [
+            helper.make_tensor_value_info("docs", doc_type, ["rows", "dim"]),
+            helper.make_tensor_value_info("queries_t", TensorProto.FLOAT, ["dim", "q"]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [3]),
+        ],
+        [helper.make_tensor_value_info("best", TensorProto.FLOAT, ["docs_n", "q"])],
+        initializer=[helper.make_tensor("axis", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="collfm2-edge")
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def test_maxsim_kernels_are_the_graphs_they_claim_and_exact() -> None:
+    """The embedded ONNX bytes are exactly (Cast) + MatMul + Reshape + ReduceMax, and give numpy's numbers."""
+    import base64
+
+    import onnx
+    from onnx import TensorProto
+
+    from runtime.scoring import _MAXSIM_ONNX, run_max
+
+    for dtype, onnx_type in ((np.float16, TensorProto.FLOAT16), (np.float32, TensorProto.FLOAT)):
+        built = _maxsim_graph(onnx_type)
+        assert _MAXSIM_ONNX[np.dtype(dtype)] == built, base64.b64encode(built).decode()
+        onnx.checker.check_model(onnx.load_from_string(built))
+        rng = np.random.default_rng(0)
+        qt = rng.standard_normal((128, 7)).astype(np.float32)
+        d = rng.standard_normal((50 * 9, 128)).astype(dtype)
+        want = (d.astype(np.float32) @ qt).reshape(50, 9, 7).max(axis=1)
+        np.testing.assert_allclose(run_max(qt, d, 50), want, rtol=1e-5, atol=1e-5)
+
+
+def test_runs_of_equal_length_and_the_numpy_fallback_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of equal-length documents (one kernel call each), empty documents between them and
+    block cuts inside a run all give the brute-force answer, with and without ONNX Runtime."""
+    from runtime import scoring
+
+    rng = np.random.default_rng(5)
+    lengths = [266] * 7 + [0, 12, 12, 3] + [266] * 5 + [1, 0]
+    ds = [_unit_rows(rng, n).astype(np.float16) for n in lengths]
+    qs = [_unit_rows(rng, 20), _unit_rows(rng, 0), _unit_rows(rng, 4)]
+    offsets = np.cumsum([0, *lengths])
+    packed = np.concatenate(ds)
+    want = _brute(qs, ds)
+    for block in (1, 600, 1 << 14):
+        got = scoring.score_packed(qs, packed, offsets, block_rows=block)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    monkeypatch.setattr(
+        scoring, "_sessions", {(np.dtype(t), n): None for t in (np.float16, np.float32) for n in (0, 1)}
+    )
+    np.testing.assert_allclose(scoring.score_packed(qs, packed, offsets, block_rows=600), want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scoring.score(qs, ds, mode="reference"), _brute(qs, ds, clamp=True), atol=1e-4)
 
 
 def test_fp16_and_fp32_documents_score_the_same() -> None:
