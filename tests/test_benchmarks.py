@@ -68,3 +68,17 @@ def test_cuda_benchmark_refuses_without_cuda() -> None:
     res = subprocess.run([sys.executable, "-m", "benchmarks.bench_cuda", "--model", "tiny"], capture_output=True,
                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     assert res.returncode != 0 and "no CUDA device here" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rss_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rss.json"
+    cmd = [sys.executable, "benchmarks/bench_rss.py", "--bundle", str(tiny_bundle), "--precisions", "fp32,int8",
+           "--out", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for p in ("fp32", "int8"):
+        steps = r[p]["steps"]
+        assert list(steps) == ["start", "imported", "loaded", "query", "page_512", "page_a4"]
+        assert r[p]["files_mb"] > 0 and r[p]["peak_rss_mb"] >= r[p]["peak_rss_mb_query_and_512"] > 0
+        assert r[p]["ratio"] == r[p]["peak_rss_mb"] / r[p]["files_mb"]
