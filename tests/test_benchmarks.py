@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_benchmark_json_schema(tiny_bundle: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "benchmarks", "--model", "tiny", "--bundle", str(tiny_bundle), "--runs", "1",
@@ -19,6 +21,11 @@ def test_benchmark_json_schema(tiny_bundle: Path, tmp_path: Path) -> None:
     for key in ("cpu", "cores", "threads", "torch", "onnxruntime", "gpu"):
         assert key in r["machine"]
     assert r["gemm_peak_gflops"] > 0 and r["gemm_peaks"]["int8"] > 0 and r["copy_gbs"] > 0 and r["peak_rss_mb"] > 0
+    assert r["read_gbs"] > 0 and set(r["text_weight_bytes"]) >= {"fp32", "int8"}
+    for name in ("ort-cpu-fp32", "ort-cpu-int8", "torch-eager-fp32"):
+        q = r["ratios"][name]["query_20"]
+        assert q["floor_ms"] > 0
+        assert q["vs_floor"] == pytest.approx(r["backends"][name]["query_20"]["p50_ms"] / q["floor_ms"])
     backends = r["backends"]
     assert "torch-eager-fp32" in backends and {"ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8"} <= set(backends)
     for stages in backends.values():
