@@ -30,7 +30,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -458,6 +458,19 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def stage_rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str, dict, dict]]:
+    """(backend, input label, stage, timing, ratio) for every timed stage, in table order: the
+    rows that both benchmark tables print."""
+    for name, stages in result["backends"].items():
+        r = result["ratios"][name]
+        for key, val in stages.items():
+            if "p50_ms" in val:  # a query
+                yield name, f"{key.split('_')[1]} tokens", "query", val, r[key]
+                continue
+            for stage in ("vision", "merge", "text", "page_end_to_end"):
+                yield name, key, stage, val[stage], r[key][stage]
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
@@ -477,19 +490,11 @@ def markdown(result: dict[str, Any]) -> str:
         "| backend | input | stage | p50 ms | vs eager fp32 | of GEMM peak |",
         "|---|---|---|---|---|---|",
     ]
-    for name, stages in result["backends"].items():
-        r = result["ratios"][name]
-        for key, val in stages.items():
-            if "p50_ms" in val:
-                frac = r[key].get("fraction_of_gemm_peak")
-                floor = f"; {r[key]['vs_floor']:.2f}x its floor" if "vs_floor" in r[key] else ""
-                lines.append(f"| {name} | {key.replace('_', ' ')} tokens | query | {val['p50_ms']:.1f} | "
-                             f"{r[key]['vs_eager_fp32']:.2f}x | {f'{frac:.0%}' if frac else ''}{floor} |")  # fmt: skip
-                continue
-            for stage in ("vision", "merge", "text", "page_end_to_end"):
-                frac = r[key][stage].get("fraction_of_gemm_peak")
-                lines.append(f"| {name} | {key} | {stage} | {val[stage]['p50_ms']:.1f} | "
-                             f"{r[key][stage]['vs_eager_fp32']:.2f}x | {f'{frac:.0%}' if frac else ''} |")  # fmt: skip
+    for name, label, stage, timing, ratio in stage_rows(result):
+        frac = ratio.get("fraction_of_gemm_peak")
+        floor = f"; {ratio['vs_floor']:.2f}x its floor" if "vs_floor" in ratio else ""
+        lines.append(f"| {name} | {label} | {stage} | {timing['p50_ms']:.1f} | {ratio['vs_eager_fp32']:.2f}x | "
+                     f"{f'{frac:.0%}' if frac else ''}{floor} |")  # fmt: skip
     lines += ["", "| preprocess | p50 ms |", "|---|---|"]
     lines += [f"| {n} | {v['p50_ms']:.1f} |" for n, v in result["preprocess"].items()]
     ms, mr = result["maxsim"], result["ratios"]["maxsim"]

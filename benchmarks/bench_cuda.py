@@ -37,7 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.__main__ import PAGES, _inputs, eager_stage_fns, eager_stages, fidelity, machine, plot, torch_as_bundle
+from benchmarks.__main__ import (
+    PAGES,
+    _inputs,
+    eager_stage_fns,
+    eager_stages,
+    fidelity,
+    machine,
+    plot,
+    stage_rows,
+    torch_as_bundle,
+)
 from benchmarks.timing import timeit
 
 SCHEMA = "collfm2-edge-benchmark-cuda/1"
@@ -224,16 +234,10 @@ def markdown(result: dict[str, Any]) -> str:
         "| backend | input | stage | p50 ms | vs CPU eager fp32 | of GEMM peak |",
         "|---|---|---|---|---|---|",
     ]
-    for name, stages in result["backends"].items():
-        r = result["ratios"][name]
-        for key, val in stages.items():
-            rows = [("query", val, r[key])] if "p50_ms" in val else [
-                (s, val[s], r[key][s]) for s in ("vision", "merge", "text", "page_end_to_end")]  # fmt: skip
-            for stage, v, rr in rows:
-                frac = rr.get("fraction_of_gemm_peak")
-                label = f"{key.split('_')[1]} tokens" if stage == "query" else key
-                lines.append(f"| {name} | {label} | {stage} | {v['p50_ms']:.1f} | {rr['vs_eager_fp32']:.1f}x | "
-                             f"{f'{frac:.1%}' if frac else ''} |")  # fmt: skip
+    for name, label, stage, timing, ratio in stage_rows(result):
+        frac = ratio.get("fraction_of_gemm_peak")
+        lines.append(f"| {name} | {label} | {stage} | {timing['p50_ms']:.1f} | {ratio['vs_eager_fp32']:.1f}x | "
+                     f"{f'{frac:.1%}' if frac else ''} |")  # fmt: skip
     lines += ["", "| backend | batch of 512x512 pages | p50 ms | pages/s | peak GPU memory MB |",
               "|---|---|---|---|---|"]  # fmt: skip
     for name, by_bs in result["throughput_512x512"].items():
