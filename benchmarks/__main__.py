@@ -217,6 +217,30 @@ def eager_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup:
     return out
 
 
+def throughput(model: Any, processor: Any, img: Any, batch_sizes: list[int], warmup: int, runs: int) -> dict:
+    """pages/s of the forward pass over batches of one page, preprocessed first (and moved to the
+    model's device): a transformers model or a ``runtime.ColLFM2``."""
+    if not hasattr(model, "parameters"):  # the ONNX runtime
+        out: dict[str, Any] = {}
+        for bs in batch_sizes:
+            b = processor.process_images([img] * bs)
+            r = timeit(lambda b=b: model(**b), warmup, runs)
+            out[str(bs)] = {**r, "pages_per_s": bs / (r["p50_ms"] / 1e3)}
+        return out
+    import torch
+
+    dev = next(model.parameters()).device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    out = {}
+    with torch.inference_mode():
+        for bs in batch_sizes:
+            b = processor.process_images([img] * bs)
+            t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in b.items()}
+            r = timeit(lambda t=t: (model(**t), sync()), warmup, runs)
+            out[str(bs)] = {**r, "pages_per_s": bs / (r["p50_ms"] / 1e3)}
+    return out
+
+
 def torch_as_bundle(model: Any) -> Callable[..., np.ndarray]:
     """A transformers model called like a ``runtime.ColLFM2``: numpy batch in, padded [B, L, 128]
     float32 out, so that ``fidelity`` compares any backend against the same reference."""
@@ -374,6 +398,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     print("[bench] PyTorch eager fp32 ...", flush=True)
     ref = load_model(a.model).model.float().eval()
     backends["torch-eager-fp32"] = eager_stages(ref, processor, pages, queries, a.warmup, a.runs)
+    tput = {"torch-eager-fp32": throughput(ref, processor, pages["512x512"], a.batch_sizes, a.warmup, a.runs)}
     if result["machine"]["bf16"] and not a.no_bf16:
         print("[bench] PyTorch eager bf16 ...", flush=True)
         m16 = load_model(a.model).model.to(torch.bfloat16).eval()
@@ -390,6 +415,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         m = ColLFM2.from_pretrained(bundle, precision=p, threads=a.threads)
         ort_models[f"ort-cpu-{p}"] = m
         backends[f"ort-cpu-{p}"] = ort_stages(m, processor, pages, queries, a.warmup, a.runs)
+        tput[f"ort-cpu-{p}"] = throughput(m, processor, pages["512x512"], a.batch_sizes, a.warmup, a.runs)
     if torch.cuda.is_available():
         # The full CUDA comparison (bf16, batching, GPU peaks) is benchmarks/bench_cuda.py.
         print("[bench] PyTorch CUDA fp32 ...", flush=True)
@@ -397,6 +423,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         backends["torch-cuda-fp32"] = eager_stages(cuda, processor, pages, queries, a.warmup, a.runs)
         del cuda
     result["backends"] = backends
+    result["throughput_512x512"] = tput
     print("[bench] fidelity ...", flush=True)
     result["fidelity"] = fidelity(ref, ort_models, processor, pages, queries)
     print(f"[bench] MaxSim over {a.maxsim_pages} pages ...", flush=True)
@@ -437,6 +464,12 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
                 if flops:
                     r[key][stage]["fraction_of_gemm_peak"] = flops / (val[stage]["p50_ms"] / 1e3) / peak
         out[name] = r
+    if "throughput_512x512" in result:
+        best = {n: max(v.items(), key=lambda kv: kv[1]["pages_per_s"]) for n, v in result["throughput_512x512"].items()}
+        base_best = best["torch-eager-fp32"][1]["pages_per_s"]
+        out["throughput_512x512"] = {n: {"best_batch": int(bs), "pages_per_s": v["pages_per_s"],
+                                         "vs_eager_fp32": v["pages_per_s"] / base_best}
+                                     for n, (bs, v) in best.items()}  # fmt: skip
     peak = result["gemm_peaks"]["fp32"] * 1e9
     ms = result["maxsim"]
     t = ms["ours"]["p50_ms"] / 1e3
@@ -495,6 +528,14 @@ def markdown(result: dict[str, Any]) -> str:
         floor = f"; {ratio['vs_floor']:.2f}x its floor" if "vs_floor" in ratio else ""
         lines.append(f"| {name} | {label} | {stage} | {timing['p50_ms']:.1f} | {ratio['vs_eager_fp32']:.2f}x | "
                      f"{f'{frac:.0%}' if frac else ''}{floor} |")  # fmt: skip
+    if "throughput_512x512" in result["ratios"]:
+        lines += ["", "| backend | 512x512 pages/s by batch size | best | vs eager fp32 (each at its best batch) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for name, by_bs in result["throughput_512x512"].items():
+            t = result["ratios"]["throughput_512x512"][name]
+            each = ", ".join(f"{bs}: {v['pages_per_s']:.2f}" for bs, v in by_bs.items())
+            lines.append(f"| {name} | {each} | {t['pages_per_s']:.2f} (batch {t['best_batch']}) | "
+                         f"{t['vs_eager_fp32']:.2f}x |")  # fmt: skip
     lines += ["", "| preprocess | p50 ms |", "|---|---|"]
     lines += [f"| {n} | {v['p50_ms']:.1f} |" for n, v in result["preprocess"].items()]
     ms, mr = result["maxsim"], result["ratios"]["maxsim"]
@@ -558,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="fp32,fp16,int8", help="precisions to export when --bundle is not given")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4],
+                    help="batches of 512x512 pages for pages/s (default 1,2,4)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--maxsim-pages", type=int, default=10_000)
     ap.add_argument("--no-bf16", action="store_true", help="skip PyTorch bf16 even where the CPU supports it")

@@ -35,8 +35,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks.__main__ import (
     PAGES,
     _inputs,
@@ -46,6 +44,7 @@ from benchmarks.__main__ import (
     machine,
     plot,
     stage_rows,
+    throughput,
     torch_as_bundle,
 )
 from benchmarks.timing import timeit
@@ -98,22 +97,6 @@ def count_flops(model: Any, processor: Any, pages: dict, queries: dict) -> dict[
             out[name]["page_end_to_end"] = out[name]["vision"] + out[name]["text"]
         for n, q in queries.items():
             out[f"query_{n}"] = flops(lambda q=q: model.encode(processor.process_queries(q)))
-    return out
-
-
-def throughput(model: Any, processor: Any, img: Any, batch_sizes: list[int], warmup: int, runs: int) -> dict:
-    """pages/s of the forward pass over batches of one page, the batch already on the device."""
-    import torch
-
-    dev = next(model.parameters()).device
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    out: dict[str, Any] = {}
-    with torch.inference_mode():
-        for bs in batch_sizes:
-            b = processor.process_images([img] * bs)
-            t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in b.items()}
-            r = timeit(lambda t=t: (model(**t), sync()), warmup, runs)
-            out[str(bs)] = {**r, "pages_per_s": bs / (r["p50_ms"] / 1e3)}
     return out
 
 

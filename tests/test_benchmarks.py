@@ -13,7 +13,7 @@ import pytest
 def test_benchmark_json_schema(tiny_bundle: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "benchmarks", "--model", "tiny", "--bundle", str(tiny_bundle), "--runs", "1",
            "--warmup", "0", "--maxsim-pages", "50", "--threads", "2", "--out-dir", str(tmp_path),
-           "--name", "t"]  # fmt: skip
+           "--batch-sizes", "1,2", "--name", "t"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "t.json").read_text())
@@ -38,6 +38,12 @@ def test_benchmark_json_schema(tiny_bundle: Path, tmp_path: Path) -> None:
         assert "fraction_of_gemm_peak" in r["ratios"][name]["512x512"]["vision"]
         f = r["fidelity"][name]
         assert {"mean_cos", "worst_cos", "max_abs", "rows"} <= set(f["pages"]) and 0 <= f["top5_agreement"] <= 1
+    for name in backends:
+        assert set(r["throughput_512x512"][name]) == {"1", "2"}
+        best = r["ratios"]["throughput_512x512"][name]
+        assert best["best_batch"] in (1, 2) and best["pages_per_s"] == max(
+            v["pages_per_s"] for v in r["throughput_512x512"][name].values()
+        )
     ms = r["maxsim"]
     assert {"ours", "naive_loop", "seed_score_multi_vector", "index_search"} <= set(ms)
     assert r["ratios"]["maxsim"]["ours_gflops"] > 0
