@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["as_item_list", "run_max", "score", "score_packed", "similarities"]
+__all__ = ["as_item_list", "run_max", "score", "score_packed"]
 
 # The MaxSim kernel as a 4-node ONNX graph (opset 18), one per document dtype:
 #   best[n, q] = ReduceMax(Reshape(float32(docs) @ queries_t, shape), axis=1)
@@ -88,12 +88,6 @@ def run_max(queries_t: np.ndarray, rows: np.ndarray, n_docs: int, threads: int =
     if session is not None:
         return session.run(None, {"docs": np.ascontiguousarray(rows), "queries_t": queries_t, "shape": shape})[0]
     return (np.asarray(rows, dtype=np.float32) @ queries_t).reshape(shape).max(axis=1)
-
-
-def similarities(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``queries [Nq, dim] @ rows [R, dim].T`` in float32 (each row its own document)."""
-    q_t = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).T)
-    return run_max(q_t, rows, len(rows)).T if len(rows) else np.zeros((len(queries), 0), np.float32)
 
 
 ArrayOrList = np.ndarray | Sequence[np.ndarray]
