@@ -23,6 +23,7 @@ Writes ``NAME.json``, ``NAME.md`` and (with matplotlib) ``NAME.png`` under ``--o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -53,8 +54,6 @@ def machine(threads: int) -> dict[str, Any]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and not cpu:
-                    cpu = line.split(":", 1)[1].strip()
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):
@@ -158,14 +157,29 @@ def _inputs(processor: Any) -> tuple[dict[str, Any], dict[int, list[str]]]:
     return pages, queries
 
 
+def _on_device(model: Any, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A processor batch as torch tensors on ``model``'s device."""
+    import torch
+
+    dev = next(model.parameters()).device
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in batch.items()}
+
+
+def _sync(model: Any) -> Callable[[], Any]:
+    """What ends a timed call on ``model``'s device: a CUDA synchronize (else the clock stops at
+    the kernel launch), nothing on the CPU."""
+    import torch
+
+    return torch.cuda.synchronize if next(model.parameters()).device.type == "cuda" else (lambda: None)
+
+
 def eager_stage_fns(model: Any, batch: dict[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
     """The page stages of a transformers model as closures over one processed page, on the
     model's device: ``vision``, ``merge`` and ``text``, each fed by the one before it (run once
     here). The timings and the FLOP counts both go through these, so they measure the same calls."""
     import torch
 
-    dev = next(model.parameters()).device
-    t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in batch.items()}
+    t = _on_device(model, batch)
     pv = t["pixel_values"].to(model.dtype)
 
     def vision() -> Any:
@@ -193,12 +207,10 @@ def eager_stage_fns(model: Any, batch: dict[str, np.ndarray]) -> dict[str, Calla
 
 
 def eager_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:
-    """Per-stage times of a transformers model on whatever device it sits on. On CUDA every timed
-    call ends in a synchronize, or the clock would stop at the kernel launch."""
+    """Per-stage times of a transformers model on whatever device it sits on (see ``_sync``)."""
     import torch
 
-    dev = next(model.parameters()).device
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = _sync(model)
 
     def timed(fn: Callable[[], Any]) -> dict[str, float]:
         return timeit(lambda: (fn(), sync()), warmup, runs)
@@ -220,23 +232,32 @@ def eager_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup:
 def throughput(model: Any, processor: Any, img: Any, batch_sizes: list[int], warmup: int, runs: int) -> dict:
     """pages/s of the forward pass over batches of one page, preprocessed first (and moved to the
     model's device): a transformers model or a ``runtime.ColLFM2``."""
-    if not hasattr(model, "parameters"):  # the ONNX runtime
-        out: dict[str, Any] = {}
-        for bs in batch_sizes:
-            b = processor.process_images([img] * bs)
-            r = timeit(lambda b=b: model(**b), warmup, runs)
-            out[str(bs)] = {**r, "pages_per_s": bs / (r["p50_ms"] / 1e3)}
-        return out
-    import torch
+    if hasattr(model, "parameters"):  # a transformers model
+        import torch
 
-    dev = next(model.parameters()).device
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    out = {}
-    with torch.inference_mode():
+        sync = _sync(model)
+        mode: Any = torch.inference_mode()
+
+        def prepare(b: dict) -> Any:
+            return _on_device(model, b)
+
+        def call(t: Any) -> None:
+            model(**t)
+            sync()
+    else:
+        mode = contextlib.nullcontext()
+
+        def prepare(b: dict) -> Any:
+            return b
+
+        def call(t: Any) -> None:
+            model(**t)
+
+    out: dict[str, Any] = {}
+    with mode:
         for bs in batch_sizes:
-            b = processor.process_images([img] * bs)
-            t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in b.items()}
-            r = timeit(lambda t=t: (model(**t), sync()), warmup, runs)
+            t = prepare(processor.process_images([img] * bs))
+            r = timeit(lambda t=t: call(t), warmup, runs)
             out[str(bs)] = {**r, "pages_per_s": bs / (r["p50_ms"] / 1e3)}
     return out
 
@@ -246,12 +267,9 @@ def torch_as_bundle(model: Any) -> Callable[..., np.ndarray]:
     float32 out, so that ``fidelity`` compares any backend against the same reference."""
     import torch
 
-    dev = next(model.parameters()).device
-
     def call(**batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in batch.items()}
-            return model(**t).float().cpu().numpy()
+            return model(**_on_device(model, batch)).float().cpu().numpy()
 
     return call
 
@@ -504,6 +522,18 @@ def stage_rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str, dict, di
                 yield name, key, stage, val[stage], r[key][stage]
 
 
+def stage_table(result: dict[str, Any], baseline: str, ratio_fmt: str = ".2f", frac_fmt: str = ".0%") -> list[str]:
+    """The per-stage markdown table both benchmarks print: p50, the ratio to ``baseline``, the
+    fraction of the GEMM peak and, for queries that have one, the ratio to their floor."""
+    lines = [f"| backend | input | stage | p50 ms | vs {baseline} | of GEMM peak |", "|---|---|---|---|---|---|"]
+    for name, label, stage, timing, ratio in stage_rows(result):
+        frac = ratio.get("fraction_of_gemm_peak")
+        floor = f"; {ratio['vs_floor']:.2f}x its floor" if "vs_floor" in ratio else ""
+        lines.append(f"| {name} | {label} | {stage} | {timing['p50_ms']:.1f} | {ratio['vs_eager_fp32']:{ratio_fmt}}x | "
+                     f"{format(frac, frac_fmt) if frac else ''}{floor} |")  # fmt: skip
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
@@ -520,14 +550,8 @@ def markdown(result: dict[str, Any]) -> str:
         "are a fraction of the int8 peak. A query's floor is its FLOPs at the GEMM peak or one read of its text "
         "weights at the read bandwidth, whichever is longer.",
         "",
-        "| backend | input | stage | p50 ms | vs eager fp32 | of GEMM peak |",
-        "|---|---|---|---|---|---|",
+        *stage_table(result, "eager fp32"),
     ]
-    for name, label, stage, timing, ratio in stage_rows(result):
-        frac = ratio.get("fraction_of_gemm_peak")
-        floor = f"; {ratio['vs_floor']:.2f}x its floor" if "vs_floor" in ratio else ""
-        lines.append(f"| {name} | {label} | {stage} | {timing['p50_ms']:.1f} | {ratio['vs_eager_fp32']:.2f}x | "
-                     f"{f'{frac:.0%}' if frac else ''}{floor} |")  # fmt: skip
     if "throughput_512x512" in result["ratios"]:
         lines += ["", "| backend | 512x512 pages/s by batch size | best | vs eager fp32 (each at its best batch) |",
                   "|---|---|---|---|"]  # fmt: skip
