@@ -632,16 +632,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="file stem (default: bench-<model>-<cpu count>cpu)")
     a = ap.parse_args(argv)
     result = run(a)
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stem = a.name or f"bench-{Path(a.model).name}-{os.cpu_count()}cpu"
+    write_results(result, Path(a.out_dir), stem, markdown(result))
+    return 0
+
+
+def write_results(result: dict[str, Any], out: Path, stem: str, table: str, title: str | None = None) -> None:
+    """``stem``.json, .md and (with matplotlib) .png under ``out``; the table is also printed."""
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
     (out / f"{stem}.md").write_text(table)
-    plotted = plot(result, out / f"{stem}.png")
+    plotted = plot(result, out / f"{stem}.png", title=title)
     print(table)
     print(f"wrote {out / stem}.json, .md" + (", .png" if plotted else " (no plot: pip install matplotlib)"))
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -42,10 +41,10 @@ from benchmarks.__main__ import (
     eager_stages,
     fidelity,
     machine,
-    plot,
     stage_table,
     throughput,
     torch_as_bundle,
+    write_results,
 )
 from benchmarks.timing import timeit
 
@@ -250,18 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="file stem (default: bench-cuda-<model>-<gpu>)")
     a = ap.parse_args(argv)
     result = run(a)
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     gpu = result["machine"]["gpu"]
     tag = gpu["name"].split()[-1].lower() if isinstance(gpu, dict) else "cpu"
     stem = a.name or f"bench-cuda-{Path(a.model).name}-{tag}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (out / f"{stem}.md").write_text(table)
     title = f"collfm2-edge reference on {gpu['name'] if isinstance(gpu, dict) else 'CPU'} vs {result['machine']['cpu']}"
-    plotted = plot(result, out / f"{stem}.png", title=title)
-    print(table)
-    print(f"wrote {out / stem}.json, .md" + (", .png" if plotted else " (no plot: pip install matplotlib)"))
+    write_results(result, Path(a.out_dir), stem, markdown(result), title=title)
     return 0
 
 
