@@ -33,6 +33,7 @@ from .image import (
 from .scoring import ArrayOrList
 from .scoring import score as _score
 from .text import MAX_QUERY_TOKENS, TextTokenizer, pad_batch
+from .workers import parallel_map, split_range
 
 __all__ = ["ColLFM2Processor", "ProcessedPage"]
 
@@ -109,10 +110,15 @@ class ColLFM2Processor:
         pixel_values = np.empty((len(units), cfg.max_num_patches, cfg.patch_dim), dtype=np.float32)
         mask = np.zeros((len(units), cfg.max_num_patches), dtype=np.int32)
         shapes = np.zeros((len(units), 2), dtype=np.int64)
-        for k, unit in enumerate(units):
-            ph, pw = normalize_patchify(unit, cfg, pixel_values[k])
-            mask[k, : ph * pw] = 1
-            shapes[k] = (ph, pw)
+
+        def normalize(span: tuple[int, int]) -> None:
+            for k in range(*span):
+                ph, pw = normalize_patchify(units[k], cfg, pixel_values[k])
+                mask[k, : ph * pw] = 1
+                shapes[k] = (ph, pw)
+
+        # Memory-bound casts and divides over ~3 MB per unit: one run of units per core.
+        parallel_map(normalize, split_range(len(units)))
         return ProcessedPage(self.tokenizer.document_ids(plan), pixel_values, mask, shapes, plan)
 
     def process_images(self, images: Sequence[ImageSource]) -> dict[str, np.ndarray]:

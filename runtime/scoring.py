@@ -13,12 +13,12 @@ per-row max is clamped at >= 0. Use it only to compare with upstream numbers.
 from __future__ import annotations
 
 import base64
-import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .workers import shared_pool
 
 __all__ = ["as_item_list", "run_max", "score", "score_packed"]
 
@@ -52,7 +52,6 @@ _MAXSIM_ONNX = {
 BLOCK_ROWS = 1 << 13
 _session_lock = threading.Lock()
 _sessions: dict = {}
-_pool: list = []
 
 
 def _session(dtype: np.dtype, threads: int = 0):  # -> onnxruntime.InferenceSession | None
@@ -69,14 +68,6 @@ def _session(dtype: np.dtype, threads: int = 0):  # -> onnxruntime.InferenceSess
             except Exception:  # onnxruntime missing or broken: numpy still gives the same numbers
                 _sessions[key] = None
         return _sessions[key]
-
-
-def _workers() -> ThreadPoolExecutor | None:
-    with _session_lock:
-        if not _pool:
-            n = min(os.cpu_count() or 1, 8)
-            _pool.append(ThreadPoolExecutor(n, thread_name_prefix="maxsim") if n > 1 else None)
-        return _pool[0]
 
 
 def run_max(queries_t: np.ndarray, rows: np.ndarray, n_docs: int, threads: int = 0) -> np.ndarray:
@@ -145,7 +136,7 @@ def score(
             stop += 1
         spans.append((start, stop))
         start = stop
-    pool = _workers() if len(spans) > 1 else None
+    pool = shared_pool() if len(spans) > 1 else None
 
     def one(span: tuple[int, int], threads: int) -> np.ndarray:
         block = ds[span[0] : span[1]]
