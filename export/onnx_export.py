@@ -289,7 +289,7 @@ def _summary(rec: dict[str, Any]) -> str:
 def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
     """Export, gate, validate and package. Returns (bundle path, all validations passed)."""
     from .checkpoint import atomic_dir, load_for_writing, write_processor_files
-    from .graphs import MASK_VALUE, TextGraph, VisionGraph, attention
+    from .graphs import EXPORT_ATTENTION, MASK_VALUE, TextGraph, VisionGraph, attention
 
     out = Path(cfg.out)
     t_start = time.perf_counter()
@@ -308,7 +308,7 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
         t0 = time.perf_counter()
         fp32_graphs: dict[str, Path] = {}
         examples = _examples(model)
-        with attention(model, "eager"):
+        with attention(model, EXPORT_ATTENTION):
             for graph, wrapper in (("vision", VisionGraph), ("text", TextGraph)):
                 log(f"exporting {graph} graph (fp32, opset {cfg.opset}) ...")
                 fp32_graphs[graph] = export_graph(

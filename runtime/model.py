@@ -63,9 +63,16 @@ def default_precision(backend: str, available: Sequence[str], machine: str | Non
     return available[0]
 
 
-# Tiles per vision call: bounds activation memory (a 1024-patch tile is ~3 MB in, and the
-# attention scores of 12 heads are ~50 MB) while keeping batches large enough to be efficient.
+# Tiles per vision call. On a CPU one 1,024-patch tile already fills the GEMMs: an A4 page's 7
+# tiles ran 2-3 % faster one at a time than four at a time (fp32 and int8, 2-core VM), and its
+# vision peak fell from +295 to +14 MB (fp32). GPUs need the batch to fill the device.
 DEFAULT_VISION_BATCH = 4
+CPU_VISION_BATCH = 1
+
+
+def default_vision_batch(backend: str) -> int:
+    """Tiles per vision call for ``backend``: 1 on ``ort-cpu``, ``DEFAULT_VISION_BATCH`` on GPUs."""
+    return CPU_VISION_BATCH if backend == "ort-cpu" else DEFAULT_VISION_BATCH
 
 
 @lru_cache(maxsize=64)
@@ -101,7 +108,7 @@ class ColLFM2:
         precision: str | None = None,
         providers: Sequence[Any] | None = None,
         threads: int | None = None,
-        vision_batch: int = DEFAULT_VISION_BATCH,
+        vision_batch: int | None = None,
         output_dtype: str = "float32",
         backend: str = "ort-cpu",
     ) -> None:
@@ -128,7 +135,7 @@ class ColLFM2:
         self._max_tokens = int(m["tokens_per_tile"])
         # Bundles whose vision graph takes a dynamic patch count list the buckets to run it at.
         self.patch_buckets = sorted(int(b) for b in m.get("patch_buckets", [self._max_patches]))
-        self.vision_batch = max(1, int(vision_batch))
+        self.vision_batch = max(1, int(vision_batch or default_vision_batch(backend)))
 
         self.sessions: dict[str, Any] = {}
         if backend == "trt":
@@ -183,12 +190,13 @@ class ColLFM2:
         providers: Sequence[Any] | None = None,
         threads: int | None = None,
         verify: bool = True,
-        vision_batch: int = DEFAULT_VISION_BATCH,
+        vision_batch: int | None = None,
         output_dtype: str = "float32",
         backend: str = "ort-cpu",
     ) -> ColLFM2:
         """Open a bundle (checking its manifest and the hashes of ``precision``'s files).
 
+        ``vision_batch``: tiles per vision call (default: ``default_vision_batch(backend)``).
         ``output_dtype="float16"`` halves what an index stores; scoring accumulates in fp32 anyway.
         ``backend``: ``ort-cpu`` (default), ``ort-cuda``, ``ort-trt`` (ONNX Runtime providers) or ``trt``
         (native engines from ``python -m export --target trt``). Without ``precision``, each backend

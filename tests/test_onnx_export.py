@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from export.graphs import TextGraph, VisionGraph, attention
+from export.graphs import EXPORT_ATTENTION, TextGraph, VisionGraph, attention, grouped_attention
 from export.parity import compare, maxsim_rel_error, topk_agreement
 from export.recipes import GATES, MAXSIM_MAX_REL_ERROR, RECIPES, Precision
 from export.validate import synthetic_page
@@ -173,7 +173,7 @@ def test_wrappers_match_reference_model(tiny_model) -> None:
     with torch.inference_mode():
         ref = tiny_model(proc_ids, am)
         embeds = tiny_model.model.language_model.embed_tokens(proc_ids)
-        with attention(tiny_model, "eager"):
+        with attention(tiny_model, EXPORT_ATTENTION):
             got = TextGraph(tiny_model)(embeds, am)
     keep = am.bool()
     assert torch.allclose(ref[keep], got[keep], atol=1e-5)
@@ -271,6 +271,20 @@ def test_output_dtype(tiny_bundle: Path) -> None:
         ColLFM2.from_pretrained(tiny_bundle, output_dtype="int8")
 
 
+def test_vision_batch_changes_only_memory(tiny_bundle: Path) -> None:
+    """Tiles one at a time (the CPU default) or several per call give the same page."""
+    from runtime.model import DEFAULT_VISION_BATCH, default_vision_batch
+
+    assert default_vision_batch("ort-cpu") == 1 and default_vision_batch("ort-cuda") == DEFAULT_VISION_BATCH > 1
+    assert ColLFM2.from_pretrained(tiny_bundle).vision_batch == 1
+    proc = ColLFM2Processor.from_pretrained(tiny_bundle)
+    page = proc.process_images([np.random.default_rng(1).integers(0, 256, (1700, 1200, 3), dtype=np.uint8)])
+    assert page["pixel_values"].shape[0] > 3  # tiled, so batching has something to group
+    one = ColLFM2.from_pretrained(tiny_bundle)(**page)
+    three = ColLFM2.from_pretrained(tiny_bundle, vision_batch=3)(**page)
+    np.testing.assert_allclose(one, three, atol=1e-5)
+
+
 def test_unknown_provider_says_what_is_there(tiny_bundle: Path) -> None:
     from runtime import UserError
 
@@ -299,3 +313,42 @@ def test_backends_and_default_precision(tiny_bundle: Path) -> None:
     except ImportError:
         with pytest.raises(UserError, match="needs TensorRT and cuda-python"):
             ColLFM2.from_pretrained(tiny_bundle, backend="trt")
+
+
+@pytest.mark.parametrize(
+    "n_heads,n_kv,scaling", [(16, 8, 0.125), (12, 12, 0.125), (6, 3, 0.3), (2, 2, 0.5), (5, 1, 0.125)]
+)
+def test_grouped_attention_is_eager_attention(n_heads: int, n_kv: int, scaling: float) -> None:
+    """Head groups, the folded scale and GQA give transformers' eager attention (to float
+    rounding: the power-of-two fold is exact, other scales multiply the scores as eager does)."""
+    from transformers.models.lfm2.modeling_lfm2 import eager_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    b, s, d = 2, 9, 8
+    q = torch.randn(b, n_heads, s, d, generator=g)
+    k = torch.randn(b, n_kv, s, d, generator=g)
+    v = torch.randn(b, n_kv, s, d, generator=g)
+    mask = torch.where(torch.ones(s, s, dtype=torch.bool).tril(), 0.0, -1.0e4)[None, None].expand(b, 1, s, s)
+    module = torch.nn.Module()
+    module.num_key_value_groups = n_heads // n_kv
+    module.training = False
+    want, _ = eager_attention_forward(module, q, k, v, mask, scaling)
+    got, weights = grouped_attention(module, q, k, v, mask, scaling)
+    assert weights is None and got.shape == want.shape == (b, s, n_heads, d)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
+def test_graphs_run_attention_a_head_group_at_a_time(tiny_bundle: Path, tiny_model) -> None:
+    """One Softmax per head group and attention layer: no node holds every head's S x S scores."""
+    import onnx
+
+    from export.graphs import _groups
+
+    tc, vc = tiny_model.config.text_config, tiny_model.config.vision_config
+    want = {
+        "text": tc.layer_types.count("full_attention") * _groups(tc.num_key_value_heads),
+        "vision": vc.num_hidden_layers * _groups(vc.num_attention_heads),
+    }
+    for graph, n in want.items():
+        g = onnx.load(tiny_bundle / "fp32" / f"{graph}.onnx", load_external_data=False).graph
+        assert sum(node.op_type == "Softmax" for node in g.node) == n > 0, graph
