@@ -22,6 +22,9 @@ That is exact, not approximate: every product and partial sum is a non-negative 
 a power of two), and we pick float32 only when the largest possible sum stays below 2^24 (else
 float64, exact below 2^53), so no rounding can happen in any summation order. ``>> prec``
 becomes a scaling by the exact power of two ``2^-prec`` (folded into the weights) and a floor.
+The bands and the transposition are split over ``runtime.workers``' threads, with numpy's BLAS
+held to one thread meanwhile; each band is rounded while it is still in cache. Every band
+writes its own rows, so the result does not depend on the split.
 """
 
 from __future__ import annotations
