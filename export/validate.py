@@ -11,7 +11,7 @@ Every comparison goes through ``export.parity.compare``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,12 @@ import onnxruntime as ort
 import torch
 from PIL import Image, ImageDraw
 
-from runtime import ColLFM2, ColLFM2Processor, score
+from runtime import ColLFM2, ColLFM2Processor
 from runtime.image import position_weights, unshuffle_index
 from runtime.model import merge_image_tokens
+from runtime.parity import Fidelity, compare, fidelity_report
 
-from .parity import Fidelity, compare, maxsim_rel_error, topk_agreement
-from .recipes import MAXSIM_MAX_REL_ERROR, Gate
+from .recipes import Gate
 from .reference import ColLFM2Reference
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "pipeline_report",
     "reference_set",
     "validation_inputs",
+    "write_selftest_probe",
 ]
 
 # Query lengths of the validation batch, in ids with BOS (so 1..63 text tokens; an empty query
@@ -246,6 +247,31 @@ def reference_set(
     return out
 
 
+# What ``python -m runtime selftest`` runs on the device: small enough for a Raspberry Pi to check
+# in seconds, and covering a full tile and a smaller patch-count bucket, short and long queries.
+SELFTEST_PAGES = {"page-512x512.png": (512, 512, 31), "page-300x700.png": (300, 700, 32)}
+SELFTEST_QUERIES = ("net income", "total amount due on the invoice", "x")
+
+
+@torch.inference_mode()
+def write_selftest_probe(model: ColLFM2Reference, processor: ColLFM2Processor, dst: Path) -> dict[str, Any]:
+    """Write probe pages and the reference's embeddings of them under ``dst`` (bundle-relative
+    paths in the returned manifest entry). The pages are PNG files, so the device decodes exactly
+    what the reference saw."""
+    dst.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    pages = []
+    for i, (name, (h, w, seed)) in enumerate(SELFTEST_PAGES.items()):
+        synthetic_page(h, w, seed=seed).save(dst / name)
+        batch = processor.process_images([dst / name])
+        arrays[f"page_{i}"] = model.encode(batch)[0].astype(np.float32)
+        pages.append(f"{dst.name}/{name}")
+    for i, emb in enumerate(model.encode(processor.process_queries(list(SELFTEST_QUERIES)))):
+        arrays[f"query_{i}"] = emb.astype(np.float32)
+    np.savez(dst / "reference.npz", **arrays)
+    return {"pages": pages, "queries": list(SELFTEST_QUERIES), "reference": f"{dst.name}/reference.npz"}
+
+
 def graph_fidelity(session: ort.InferenceSession, cases: list[GraphCase]) -> tuple[Fidelity, dict[str, Fidelity]]:
     """Run ``session`` on each case; overall and per-case fidelity over the masked rows."""
     refs, cands, per_case = [], [], {}
@@ -257,7 +283,7 @@ def graph_fidelity(session: ort.InferenceSession, cases: list[GraphCase]) -> tup
     return compare(refs, cands), per_case
 
 
-def pipeline_report(model: ColLFM2, ref: ReferenceSet, gate: Gate, check_maxsim: bool) -> dict[str, Any]:
+def pipeline_report(model: ColLFM2, ref: ReferenceSet, gate: Gate) -> dict[str, Any]:
     """Whole runtime pipeline (ORT CPU) vs the reference: embeddings, MaxSim and ranking."""
     pages, refs = [], []
     for name, batch in ref.page_batches.items():
@@ -267,29 +293,18 @@ def pipeline_report(model: ColLFM2, ref: ReferenceSet, gate: Gate, check_maxsim:
     qemb = model.encode(ref.query_batch)
     qmask = ref.query_batch["attention_mask"] > 0
     queries = [qemb[i][qmask[i]] for i in range(qemb.shape[0])]
-    fid_pages = compare(refs, pages)
-    fid_queries = compare(ref.query_embeddings, queries)
-    s_ref, s_got = score(ref.query_embeddings, refs), score(queries, pages)
-    rel = maxsim_rel_error(s_ref, s_got)
-    failures = gate.failures(fid_pages.mean_cos, fid_pages.worst_cos, fid_pages.max_abs, True)
-    failures += gate.failures(fid_queries.mean_cos, fid_queries.worst_cos, fid_queries.max_abs, True)
-    if check_maxsim and rel > MAXSIM_MAX_REL_ERROR:
-        failures.append(f"MaxSim relative error {rel:.2e} > {MAXSIM_MAX_REL_ERROR:.0e}")
-    return {
-        "pages": fid_pages.as_dict(),
-        "queries": fid_queries.as_dict(),
-        "maxsim_rel_error": rel,
-        "top1_agreement": topk_agreement(s_ref, s_got, 1),
-        "top5_agreement": topk_agreement(s_ref, s_got, 5),
-        "passed": not failures,
-        "failures": failures,
-    }
+    return fidelity_report(refs, ref.query_embeddings, pages, queries, gate)
 
 
-def load_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+def load_session(
+    path: Path, threads: int | None = None, session_config: Sequence[tuple[str, str]] = ()
+) -> ort.InferenceSession:
+    """A CPU session over ``path`` with the recipe's session settings (``Recipe.session_config``)."""
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    for key, value in session_config:
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
