@@ -189,6 +189,23 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _host() -> dict[str, str]:
+    from runtime.cpu import cpu_class
+
+    return {"cpu_class": cpu_class(), "machine": platform.machine(), "cpu": _cpu_name()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def _model_numbers(model: Any, processor: Any) -> dict[str, Any]:
     cfg = model.config
     factor = cfg.downsample_factor
@@ -242,7 +259,9 @@ def build_precision(
             apply_method(method, fp32_graphs[graph], cand, feeds)
             record: dict[str, Any] = {"method": method, "what": METHODS[method]}
             if reference is not None:
-                fid, per_case = graph_fidelity(load_session(cand), getattr(reference, graph))
+                session = load_session(cand, session_config=recipe.session_config)
+                fid, per_case = graph_fidelity(session, getattr(reference, graph))
+                del session
                 failures = recipe.gate.failures(fid.mean_cos, fid.worst_cos, fid.max_abs, unit_norm=graph == "text")
                 record.update(fidelity=fid.as_dict(), cases={k: v.as_dict() for k, v in per_case.items()})
                 record.update(passed=not failures, failures=failures)
@@ -350,6 +369,11 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
                 "target": recipe.target,
                 "methods": list(recipe.methods),
                 "gate": {k: v for k, v in vars(recipe.gate).items() if v is not None},
+                # Where the gate measured the candidates: the int8 recipes compute the same numbers
+                # on every CPU class (docs/cpu-classes.md), and `python -m runtime selftest`
+                # re-measures on the device itself.
+                "gated_on": _host() if reference is not None else None,
+                "session_config": dict(recipe.session_config),
                 "graphs": graphs,
                 "embeddings": {"file": f"{p.value}/embeddings.npy", **emb},
                 "size_bytes": sum(f.stat().st_size for f in (tmp / p.value).iterdir()),
@@ -358,6 +382,9 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
             timings[p.value] = time.perf_counter() - t0
             if any(r.get("passed") is False for r in records.values()):
                 all_passed = False
+        from .validate import write_selftest_probe
+
+        selftest = write_selftest_probe(model, processor, tmp / "selftest")
         files = {str(f.relative_to(tmp)): "" for f in sorted(tmp.rglob("*")) if f.is_file() and ".work" not in f.parts}
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
@@ -374,6 +401,7 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
                 "tokenizer": "tokenizer.json",
                 "files": [f for f in files if "/" not in f],
             },
+            "selftest": selftest,
             "versions": _versions(),
             "timings_s": timings,
             "files": {},
@@ -388,7 +416,7 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
                 from runtime import ColLFM2
 
                 rt = ColLFM2(bundle, p.value)
-                rec = pipeline_report(rt, reference, RECIPES[p].gate, check_maxsim=p is Precision.FP32)
+                rec = {**pipeline_report(rt, reference, RECIPES[p].gate), "host": _host()}
                 report[p.value] = rec
                 all_passed &= rec["passed"]
                 log(f"validate {p.value}: {_summary(rec)} ({time.perf_counter() - t0:.1f}s)")

@@ -63,6 +63,11 @@ class Bundle:
             )
         return self.manifest["precisions"][name]
 
+    def methods(self, name: str) -> list[str]:
+        """The method the gate chose for each graph of precision ``name`` ([] if the bundle lacks it)."""
+        entry = self.manifest["precisions"].get(name) or {}
+        return [str(g.get("method")) for g in (entry.get("graphs") or {}).values()]
+
     def file(self, rel: str) -> Path:
         return self.path / rel
 
@@ -72,6 +77,10 @@ class Bundle:
         rels = list(SHARED)
         for entry in entries:
             rels += [g["file"] for g in entry["graphs"].values()] + [entry["embeddings"]["file"]]
+        self.verify_files(rels)
+
+    def verify_files(self, rels: list[str]) -> None:
+        """Check the sha256 of each bundle-relative path in ``rels`` against the manifest."""
         for rel in rels:
             expected = self.manifest["files"].get(rel)
             path = self.path / rel

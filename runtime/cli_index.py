@@ -96,6 +96,13 @@ def add_parsers(sub: Any) -> None:
     _backend_arg(rm, stores=True)
     rm.add_argument("paths", nargs="+", metavar="PATH")
 
+    st = sub.add_parser("selftest", help="check a bundle's fidelity on this machine (its probe vs PyTorch's)")
+    st.add_argument("--bundle", required=True, help="ONNX bundle directory (python -m export --target onnx)")
+    st.add_argument("--precision", help="comma-separated precisions to check (default: every one the bundle has)")
+    st.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    st.add_argument("--json", action="store_true", help="print the report as JSON")
+    _backend_arg(st, stores=False)
+
     srch = sub.add_parser("search", help="rank indexed pages for a query (exact MaxSim)")
     _store_args(srch)
     _backend_arg(srch, stores=True)
@@ -108,10 +115,12 @@ def add_parsers(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     try:
         _split_backends(args)
-        if args.cmd != "encode" and not args.index and not (args.store == "qdrant" and args.url):
+        if args.cmd not in ("encode", "selftest") and not args.index and not (args.store == "qdrant" and args.url):
             raise UserError("--index DIR is required (or --backend qdrant --url URL)")
         if args.cmd == "encode":
             return _encode(args)
+        if args.cmd == "selftest":
+            return _selftest(args)
         if args.cmd == "search":
             return _search(args)
         return {"add": _add, "info": _info, "remove": _remove}[args.action](args)
@@ -195,6 +204,18 @@ def _encode(args: argparse.Namespace) -> int:
         print(f"{failed} input(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from .selftest import format_report, selftest
+
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None
+    report = selftest(args.bundle, precisions, args.engine_backend, args.threads)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(format_report(report)))
+    return 0 if report["passed"] else 1
 
 
 def _add(args: argparse.Namespace) -> int:

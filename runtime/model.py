@@ -43,18 +43,26 @@ _INSTALL = {
 }
 
 
-def default_precision(backend: str, available: Sequence[str], machine: str | None = None) -> str:
+def default_precision(
+    backend: str, available: Sequence[str], machine: str | None = None, int8_methods: Sequence[str] = ()
+) -> str:
     """The precision a backend should run when none is asked for.
 
-    ARM CPUs run int8 (weight-only/dynamic): fp16 there makes ORT insert casts and runs ~4x slower
-    than fp32 on a Pi 5 (onnxruntime issue 25824). x86 CPUs run fp32 (no VNNI on most edge boxes,
-    and dynamic int8 is no faster there). GPUs run fp16.
+    GPUs run fp16. On CPUs (measured with the full model, docs/cpu-classes.md): dynamic int8 is
+    1.6x fp32 on an AVX2-only x86 and 1.9x on AVX-512 VNNI, so x86 runs int8 when every int8
+    graph of the bundle got ``dynamic-int8``; the weight-only fallback (MatMulNBits) is slower
+    than fp32 on x86 (0.86x a page, 0.29x a query on AVX2), so with it x86 stays on fp32. ARM CPUs
+    run int8 either way: fp16 there makes ORT insert casts (~4x slower than fp32 on a Pi 5,
+    onnxruntime issue 25824), and int8 reads a quarter of the weights. ``int8_methods``: the
+    methods the gate chose for the int8 graphs (``Bundle.methods("int8")``).
     """
     import platform
 
     machine = (machine or platform.machine()).lower()
     if backend == "ort-cpu":
-        order = ["int8", "fp32"] if machine in ("aarch64", "arm64") else ["fp32", "int8"]
+        arm = machine in ("aarch64", "arm64")
+        fast_int8 = bool(int8_methods) and all(m == "dynamic-int8" for m in int8_methods)
+        order = ["int8", "fp32"] if arm or fast_int8 else ["fp32", "int8"]
     else:
         order = ["fp16", "fp32"]
     for p in order:
@@ -123,7 +131,7 @@ class ColLFM2:
         except ImportError as exc:  # pragma: no cover - a base dependency
             raise UserError("onnxruntime is not installed: pip install onnxruntime") from exc
         self.bundle = bundle
-        self.precision = precision or default_precision(backend, bundle.precisions)
+        self.precision = precision or default_precision(backend, bundle.precisions, int8_methods=bundle.methods("int8"))
         entry = bundle.precision(self.precision)
         m = bundle.model
         self.image_token_id = int(m["image_token_id"])
@@ -155,6 +163,9 @@ class ColLFM2:
             options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
             if threads:
                 options.intra_op_num_threads = int(threads)
+            # What the recipe asks of ORT for these graphs (int8-qdq: Q/DQ as float fake quantisation).
+            for key, value in (entry.get("session_config") or {}).items():
+                options.add_session_config_entry(str(key), str(value))
             providers = list(providers) if providers else list(BACKENDS[backend] or [])
             available = set(ort.get_available_providers())
             for p in providers:
@@ -203,7 +214,7 @@ class ColLFM2:
         picks its own (``default_precision``).
         """
         bundle = open_bundle(Path(path), verify=False)  # the precision may depend on what it holds
-        precision = precision or default_precision(backend, bundle.precisions)
+        precision = precision or default_precision(backend, bundle.precisions, int8_methods=bundle.methods("int8"))
         bundle.precision(precision)  # a clear error for a precision the bundle lacks
         if verify:
             bundle.verify(precision)

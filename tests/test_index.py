@@ -70,7 +70,17 @@ def test_index_search_equals_brute_force(tiny_bundle: Path, pages_dir: Path, tmp
 def test_add_skips_duplicates_remove_and_info(tiny_bundle: Path, pages_dir: Path, tmp_path: Path) -> None:
     idx = str(tmp_path / "idx")
     assert (
-        _cli("index", "add", "--index", idx, "--bundle", str(tiny_bundle), str(pages_dir / "invoice.png")).returncode
+        _cli(
+            "index",
+            "add",
+            "--index",
+            idx,
+            "--bundle",
+            str(tiny_bundle),
+            "--precision",
+            "fp32",
+            str(pages_dir / "invoice.png"),
+        ).returncode
         == 0
     )
     res = _cli("index", "add", "--index", idx, str(pages_dir / "invoice.png"), str(pages_dir / "doc.pdf"))
@@ -89,7 +99,17 @@ def test_add_skips_duplicates_remove_and_info(tiny_bundle: Path, pages_dir: Path
 def test_bundle_mismatch_refused(tiny_bundle: Path, pages_dir: Path, tmp_path: Path) -> None:
     idx = str(tmp_path / "idx")
     assert (
-        _cli("index", "add", "--index", idx, "--bundle", str(tiny_bundle), str(pages_dir / "invoice.png")).returncode
+        _cli(
+            "index",
+            "add",
+            "--index",
+            idx,
+            "--bundle",
+            str(tiny_bundle),
+            "--precision",
+            "fp32",
+            str(pages_dir / "invoice.png"),
+        ).returncode
         == 0
     )
     for cmd in (("index", "add", "--index", idx, "--precision", "fp16", str(pages_dir / "contents.png")),

@@ -1,0 +1,51 @@
+"""Which class of CPU this is, as far as ONNX Runtime's int8 kernels are concerned.
+
+MLAS picks its integer GEMM by instruction set: x86 with AVX-512 VNNI (``vpdpbusd``, exact int32
+accumulation), x86 with AVX2 only (``vpmaddubsw``, whose u8 x s8 pair sums saturate at 16 bits),
+older x86 (SSE4.1), and aarch64 with or without the dot-product extension (``sdot``/``udot``).
+The int8 recipes are chosen so their numbers do not depend on which of these runs them (see
+``docs/cpu-classes.md``); the class is still recorded wherever fidelity was measured, so a claim
+"validated on" names the kernels that produced it.
+
+The features come from numpy's own CPUID/HWCAP probe, not ``/proc/cpuinfo``: under qemu-user the
+latter is the host's file, while CPUID and the auxiliary vector are the emulated CPU's.
+"""
+
+from __future__ import annotations
+
+import platform
+
+__all__ = ["CPU_CLASSES", "cpu_class", "cpu_features"]
+
+CPU_CLASSES = {
+    "x86_64-avx512vnni": "x86 with AVX-512 VNNI (int8 dot products into int32)",
+    "x86_64-avx2": "x86 with AVX2, no AVX-512 VNNI (u8 x s8 multiply-add saturating at 16 bits)",
+    "x86_64-sse": "x86 without AVX2 (SSE4.1 kernels)",
+    "aarch64-dotprod": "aarch64 with the dot-product extension (Cortex-A76 / Raspberry Pi 5, Jetson Orin)",
+    "aarch64": "aarch64 without dot products (Cortex-A72 / Raspberry Pi 4)",
+}
+
+
+def cpu_features() -> set[str]:
+    """numpy's names of the SIMD features this CPU has (e.g. ``AVX2``, ``AVX512VNNI``, ``ASIMDDP``)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+    except ImportError:  # numpy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as feats
+        except ImportError:
+            return set()
+    return {k for k, v in feats.items() if v}
+
+
+def cpu_class(machine: str | None = None, features: set[str] | None = None) -> str:
+    """One of ``CPU_CLASSES`` for this CPU (or for ``machine`` with ``features``), else the machine name."""
+    machine = (machine or platform.machine()).lower()
+    feats = cpu_features() if features is None else features
+    if machine in ("x86_64", "amd64"):
+        if "AVX512VNNI" in feats:
+            return "x86_64-avx512vnni"
+        return "x86_64-avx2" if "AVX2" in feats else "x86_64-sse"
+    if machine in ("aarch64", "arm64"):
+        return "aarch64-dotprod" if "ASIMDDP" in feats else "aarch64"
+    return machine

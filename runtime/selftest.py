@@ -1,0 +1,84 @@
+"""``python -m runtime selftest``: measure a bundle's fidelity on the machine that will run it.
+
+The export gate measures each candidate on the export machine. What a device computes depends
+on its own kernels (int8 GEMMs differ by CPU class; a GPU provider or TensorRT engine differs
+again), so every bundle carries a probe (``selftest/``: two PNG pages and three queries, with
+the PyTorch fp32 reference's embeddings of them) and this module re-runs it here, through the
+same preprocessing and graphs a search uses, judged by the gate the manifest records.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import open_bundle
+from .cpu import cpu_class
+from .errors import ModelFilesError
+from .parity import Gate, fidelity_report
+
+__all__ = ["selftest"]
+
+
+def _real(emb: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    return [emb[i][mask[i] > 0] for i in range(emb.shape[0])]
+
+
+def selftest(
+    bundle_dir: str | os.PathLike,
+    precisions: list[str] | None = None,
+    backend: str = "ort-cpu",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run the bundle's probe in each of ``precisions`` (default: all it has) on ``backend``.
+
+    Returns ``{"cpu_class", "machine", "backend", "results": {precision: report}, "passed"}``
+    where each report is ``parity.fidelity_report``'s (pages, queries, MaxSim, failures).
+    """
+    from .model import ColLFM2
+    from .processor import ColLFM2Processor
+
+    bundle = open_bundle(Path(bundle_dir), verify=False)
+    probe = bundle.manifest.get("selftest")
+    if not isinstance(probe, dict) or not probe.get("pages") or not probe.get("reference"):
+        raise ModelFilesError(f"{bundle.path}: this bundle carries no selftest probe; re-export it")
+    bundle.verify_files([*probe["pages"], probe["reference"]])
+    with np.load(bundle.file(probe["reference"]), allow_pickle=False) as ref:
+        ref_pages = [ref[f"page_{i}"] for i in range(len(probe["pages"]))]
+        ref_queries = [ref[f"query_{i}"] for i in range(len(probe["queries"]))]
+    proc = ColLFM2Processor.from_pretrained(bundle.path)
+    pages_in = proc.process_images([str(bundle.file(p)) for p in probe["pages"]])
+    queries_in = proc.process_queries(list(probe["queries"]))
+    results = {}
+    for name in precisions or bundle.precisions:
+        entry = bundle.precision(name)
+        model = ColLFM2.from_pretrained(bundle.path, precision=name, threads=threads, backend=backend)
+        pages = _real(model(**pages_in), pages_in["attention_mask"])
+        queries = _real(model(**queries_in), queries_in["attention_mask"])
+        gate = Gate.from_dict(entry.get("gate") or {"min_worst_cos": 1.0})
+        results[name] = {**fidelity_report(ref_pages, ref_queries, pages, queries, gate), "gate": str(gate)}
+    return {
+        "cpu_class": cpu_class(),
+        "machine": platform.machine(),
+        "backend": backend,
+        "results": results,
+        "passed": all(r["passed"] for r in results.values()),
+    }
+
+
+def format_report(report: dict[str, Any]) -> list[str]:
+    """Readable lines: one per precision, then the verdict."""
+    lines = [f"selftest on {report['machine']} ({report['cpu_class']}), backend {report['backend']}:"]
+    for name, r in report["results"].items():
+        verdict = "PASS" if r["passed"] else "FAIL: " + "; ".join(r["failures"])
+        lines.append(
+            f"  {name:<9} pages cos mean={r['pages']['mean_cos']:.6f} worst={r['pages']['worst_cos']:.6f}"
+            f" | queries mean={r['queries']['mean_cos']:.6f} worst={r['queries']['worst_cos']:.6f}"
+            f" | MaxSim rel. error {r['maxsim_rel_error']:.1e} | {verdict}"
+        )
+    lines.append("all precisions pass their gates" if report["passed"] else "SOME PRECISIONS FAIL THEIR GATES")
+    return lines
