@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The demo exports fp32 only, to stay quick; pass DEMO_PRECISION=fp32,fp16,int8 for all three.
 DEMO_PRECISION ?= fp32
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean qemu
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,9 +39,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# Emulated CPU classes for tests/test_cpu_classes.py (aarch64 Cortex-A76, x86 Haswell/Nehalem):
+# set up here when this is root with apt (CI is), else those tests skip and say why (CI fails).
+QEMU_DIR := build/qemu
+$(QEMU_DIR)/.ready: jetson/qemu_setup.sh jetson/qemu_run.sh constraints.txt pyproject.toml
+	PYTHON=$(BIN)/python jetson/qemu_setup.sh $(QEMU_DIR)
+
+qemu: $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		$(MAKE) --no-print-directory $(QEMU_DIR)/.ready; \
+	else echo "note: not root with apt: the emulated-CPU tests will skip (sudo jetson/qemu_setup.sh $(QEMU_DIR))"; fi
+
+test: lint qemu
 	# pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	COLLFM2_QEMU_DIR=$(QEMU_DIR) $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 format: $(STAMP)

@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
-# Optional aarch64 check without a board: Debian's qemu-user runs an arm64 Python with the
-# runtime's aarch64 wheels, and tests/test_jetson_tools.py compares its preprocessing with x86's
-# byte for byte. Needs root (apt) and a Debian mirror; takes ~2 minutes to set up.
+# Emulated CPUs for the tests, without a board: Debian's qemu-user runs
+#   * an arm64 Python (Debian bookworm, debootstrapped) with the runtime's aarch64 wheels, as a
+#     Raspberry Pi 5 core (Cortex-A76, dot products): tests/test_cpu_classes.py runs the selftest,
+#     preprocessing and encode -> index -> search there against x86's answers;
+#   * this machine's own x86 Python as an AVX2-only (Haswell) or SSE-only (Nehalem) CPU, the int8
+#     kernel classes a VNNI machine cannot otherwise reach.
+# Needs root (apt, and jetson/qemu_run.sh's private mount namespace) and a Debian mirror + PyPI.
+# Takes about a minute; `make test` runs it when it can (CI does).
 #
-#   sudo jetson/qemu_aarch64_check.sh [ROOT=/tmp/arm64] [SITE=/tmp/arm64site]
-#   COLLFM2_QEMU_ROOT=/tmp/arm64 COLLFM2_QEMU_SITE=/tmp/arm64site python -m pytest tests/test_jetson_tools.py
-#
-# What it cannot do: onnxruntime's aarch64 wheel segfaults on import under qemu-user 7.2 (its
-# cpuinfo probe), so model inference on aarch64 still needs a board; the check covers everything
-# up to the graphs (decode, resize, tiling, normalisation, tokenisation).
+#   sudo jetson/qemu_setup.sh [DIR=build/qemu]      -> DIR/arm64 (sysroot), DIR/site (wheels)
 set -euo pipefail
-ROOT=${1:-/tmp/arm64}
-SITE=${2:-/tmp/arm64site}
+DIR=${1:-build/qemu}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-apt-get install -y -q qemu-user debootstrap >/dev/null
-if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
-  debootstrap --arch=arm64 --variant=minbase --foreign --include=python3 bookworm "$ROOT" http://deb.debian.org/debian
-  # --foreign only unpacks the base; unpack the downloaded Python packages too (no second stage needed
-  # to run one binary with qemu -L).
-  for f in "$ROOT"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$f" "$ROOT"; done
+PY=${PYTHON:-python3}
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+ROOT=$DIR/arm64
+SITE=$DIR/site
+if ! command -v qemu-aarch64 >/dev/null || ! command -v qemu-x86_64 >/dev/null || ! command -v debootstrap >/dev/null; then
+  apt-get install -y -q qemu-user debootstrap >/dev/null
 fi
-python3 -m pip install -q --target "$SITE" --only-binary=:all: --python-version 3.11 --implementation cp \
-  --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 -c "$HERE/constraints.txt" \
-  numpy tokenizers pillow
-qemu-aarch64 -L "$ROOT" "$ROOT/usr/bin/python3.11" -c "import platform, numpy; print(platform.machine(), numpy.__version__)"
-echo "COLLFM2_QEMU_ROOT=$ROOT COLLFM2_QEMU_SITE=$SITE"
+if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
+  rm -rf "$ROOT"
+  debootstrap --arch=arm64 --variant=minbase --foreign --include=python3 bookworm "$ROOT" http://deb.debian.org/debian
+  # --foreign only unpacks the base; unpack the downloaded Python packages too (no second stage is
+  # needed to run one binary with qemu -L).
+  for f in "$ROOT"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$f" "$ROOT"; done
+  rm -f "$ROOT"/var/cache/apt/archives/*.deb
+fi
+# The runtime's own dependencies (pyproject's, pinned by constraints.txt) as aarch64 wheels. Both
+# platform tags: onnxruntime's aarch64 wheels are manylinux_2_28 only.
+DEPS=$("$PY" - "$HERE/pyproject.toml" <<'PYEOF'
+import sys, tomllib
+print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+PYEOF
+)
+rm -rf "$SITE.tmp"
+# shellcheck disable=SC2086
+"$PY" -m pip install -q --target "$SITE.tmp" --only-binary=:all: --python-version 3.11 --implementation cp \
+  --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 -c "$HERE/constraints.txt" $DEPS
+rm -rf "$SITE" && mv "$SITE.tmp" "$SITE"
+"$HERE/jetson/qemu_run.sh" "$DIR" -c "import platform, numpy, onnxruntime; print('qemu-aarch64:', platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__)"
+touch "$DIR/.ready"

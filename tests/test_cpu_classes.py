@@ -1,0 +1,193 @@
+"""Same answers on every CPU class the runtime serves, checked on emulated CPUs.
+
+qemu-user runs (``jetson/qemu_setup.sh``; ``make test`` sets it up where it can, CI always):
+
+* this machine's x86 Python as Haswell (AVX2, no AVX-512/VNNI) and Nehalem (SSE4 only), so a
+  VNNI machine also exercises the AVX2 int8 kernels, and an AVX2 one the SSE ones;
+* an arm64 Python with the runtime's aarch64 wheels as a Cortex-A76 (Raspberry Pi 5 core).
+
+Each runs the bundle's selftest (pages and queries vs the PyTorch fp32 reference, judged by the
+manifest's gates) and must also agree with this machine's own run; the aarch64 Python also runs
+the CLI encode -> index -> search and the preprocessing, which must give this machine's bytes.
+What emulation cannot say is how fast anything is on those CPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.cpu import CPU_CLASSES, cpu_class
+
+ROOT = Path(__file__).resolve().parents[1]
+QEMU_DIR = Path(os.environ.get("COLLFM2_QEMU_DIR", ROOT / "build" / "qemu"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TIMEOUT = 900
+
+
+def _missing(what: str) -> None:
+    """Skip on a developer machine; in CI the emulated CPUs are part of the suite, so fail."""
+    msg = f"{what} (set it up with: sudo jetson/qemu_setup.sh build/qemu, or make test as root)"
+    if IN_CI:
+        pytest.fail(f"CI must check every CPU class: {msg}")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def x86_host() -> None:
+    if platform.machine() != "x86_64":
+        pytest.skip("the x86 CPU classes are emulated on x86 hosts only")
+    if shutil.which("qemu-x86_64") is None:
+        _missing("no qemu-x86_64")
+
+
+@pytest.fixture(scope="module")
+def arm64() -> Path:
+    if not (QEMU_DIR / ".ready").is_file():
+        _missing(f"no aarch64 sysroot in {QEMU_DIR}")
+    return QEMU_DIR
+
+
+def _x86(cpu: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, *args], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=ROOT)  # fmt: skip
+
+
+def _aarch64(qemu_dir: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "jetson" / "qemu_run.sh"), str(qemu_dir), *args], capture_output=True,
+                          text=True, timeout=TIMEOUT, cwd=cwd)  # fmt: skip
+
+
+def _selftest_json(res: subprocess.CompletedProcess) -> dict:
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def host_selftest(tiny_bundle: Path) -> dict:
+    res = subprocess.run([sys.executable, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
+                          "--precision", "fp32,int8"], capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    return _selftest_json(res)
+
+
+def _same_numbers(a: dict, b: dict, precision: str, tol: float, maxsim_tol: float) -> None:
+    """Two machines' selftest reports agree to ``tol`` on the cosines and ``maxsim_tol`` on the
+    MaxSim relative error (a max over ratios, so one near-zero score moves it most)."""
+    ra, rb = a["results"][precision], b["results"][precision]
+    for part in ("pages", "queries"):
+        for key in ("mean_cos", "worst_cos"):
+            assert abs(ra[part][key] - rb[part][key]) <= tol, (precision, part, key, ra[part], rb[part])
+    assert abs(ra["maxsim_rel_error"] - rb["maxsim_rel_error"]) <= maxsim_tol, (ra["maxsim_rel_error"], rb)
+
+
+def test_cpu_class_names() -> None:
+    assert cpu_class() in CPU_CLASSES or platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64")
+    assert cpu_class("x86_64", {"AVX2", "AVX512F", "AVX512VNNI"}) == "x86_64-avx512vnni"
+    assert cpu_class("x86_64", {"AVX2", "AVX512F"}) == "x86_64-avx2"  # AVX-512 without VNNI: AVX2 int8 kernels
+    assert cpu_class("x86_64", {"SSE41"}) == "x86_64-sse"
+    assert cpu_class("aarch64", {"ASIMD", "ASIMDDP"}) == "aarch64-dotprod"
+    assert cpu_class("aarch64", {"ASIMD"}) == "aarch64"
+
+
+@pytest.mark.parametrize(("cpu", "expected"), [("Haswell", "x86_64-avx2"), ("Nehalem", "x86_64-sse")])
+def test_selftest_on_emulated_x86(x86_host: None, tiny_bundle: Path, host_selftest: dict, cpu: str,
+                                  expected: str) -> None:  # fmt: skip
+    report = _selftest_json(_x86(cpu, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
+                                 "--precision", "fp32,int8"))  # fmt: skip
+    assert report["cpu_class"] == expected and report["passed"], report
+    # fp32 to float rounding; int8 to the rounding of the activation scales, never to the kernel's.
+    _same_numbers(report, host_selftest, "fp32", 1e-6, 1e-5)
+    _same_numbers(report, host_selftest, "int8", 2e-4, 5e-3)
+
+
+def test_selftest_on_aarch64(arm64: Path, tiny_bundle: Path, host_selftest: dict) -> None:
+    report = _selftest_json(_aarch64(arm64, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
+                                     "--precision", "fp32,int8"))  # fmt: skip
+    assert report["machine"] == "aarch64" and report["cpu_class"] == "aarch64-dotprod" and report["passed"], report
+    _same_numbers(report, host_selftest, "fp32", 1e-6, 1e-5)
+    _same_numbers(report, host_selftest, "int8", 2e-4, 5e-3)
+
+
+PREPROCESS = """
+import hashlib, platform, sys
+import numpy as np
+from runtime import ColLFM2Processor
+proc = ColLFM2Processor.from_pretrained(sys.argv[1])
+rng = np.random.default_rng(0)
+h = hashlib.sha256()
+for shape in ((512, 512, 3), (1754, 1240, 3), (300, 900, 3)):
+    out = proc.process_images([rng.integers(0, 256, shape, dtype=np.uint8)])
+    for k in sorted(out):
+        h.update(np.ascontiguousarray(out[k]).tobytes())
+print(platform.machine(), h.hexdigest())
+"""
+
+
+def test_preprocessing_is_bit_identical_on_aarch64(arm64: Path, tiny_ckpt: Path) -> None:
+    """The aarch64 numpy/OpenBLAS wheels give this machine's bytes: resize, tiling, normalisation."""
+    host = subprocess.run([sys.executable, "-c", PREPROCESS, str(tiny_ckpt)], capture_output=True, text=True)
+    arm = _aarch64(arm64, "-c", PREPROCESS, str(tiny_ckpt))
+    assert arm.returncode == 0, arm.stderr[-2000:]
+    assert arm.stdout.split()[0] == "aarch64" and host.stdout.split()[0] == platform.machine()
+    assert arm.stdout.split()[1] == host.stdout.split()[1]
+
+
+def _pages(folder: Path) -> Path:
+    from export.validate import synthetic_page
+
+    folder.mkdir()
+    for i, (h, w) in enumerate(((512, 512), (400, 900), (640, 480))):
+        synthetic_page(h, w, seed=40 + i).save(folder / f"p{i}.png")
+    return folder
+
+
+def _cli_run(run, work: Path, bundle: Path, pages: Path, precision: str) -> tuple[list[dict], dict]:
+    index = work / f"index-{precision}"
+    npz = work / f"pages-{precision}.npz"
+    enc = run("-m", "runtime", "encode", "--bundle", str(bundle), "--precision", precision, "--out", str(npz),
+              "--dtype", "float32", str(pages))  # fmt: skip
+    assert enc.returncode == 0, enc.stderr[-2000:]
+    add = run("-m", "runtime", "index", "add", "--index", str(index), "--bundle", str(bundle),
+              "--precision", precision, "--no-progress", str(pages))  # fmt: skip
+    assert add.returncode == 0 and "added 3 page(s)" in add.stdout, add.stdout + add.stderr[-2000:]
+    found = run("-m", "runtime", "search", "--index", str(index), "-k", "3", "--json", "total amount due")
+    assert found.returncode == 0, found.stderr[-2000:]
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    return json.loads(found.stdout), arrays
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_cli_encode_index_search_on_aarch64(arm64: Path, tiny_bundle: Path, tmp_path: Path, precision: str) -> None:
+    """The Raspberry Pi path end to end: the same bundle, pages and query give the same hits, and
+    scores and vectors within the precision's rounding of this machine's."""
+    pages = _pages(tmp_path / "pages")
+    host_dir, arm_dir = tmp_path / "host", tmp_path / "arm"
+    host_dir.mkdir()
+    arm_dir.mkdir()
+
+    def host(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+
+    hits_x86, enc_x86 = _cli_run(host, host_dir, tiny_bundle, pages, precision)
+    hits_arm, enc_arm = _cli_run(lambda *a: _aarch64(arm64, *a), arm_dir, tiny_bundle, pages, precision)
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert [h["path"] for h in hits_arm] == [h["path"] for h in hits_x86] or precision != "fp32"
+    by_path = {h["path"]: h["score"] for h in hits_x86}
+    for h in hits_arm:
+        assert abs(h["score"] - by_path[h["path"]]) <= tol * abs(by_path[h["path"]]), (hits_arm, hits_x86)
+    assert list(enc_arm["names"]) == list(enc_x86["names"])
+    assert np.array_equal(enc_arm["offsets"], enc_x86["offsets"])
+    diff = np.abs(enc_arm["embeddings"] - enc_x86["embeddings"]).max()
+    assert diff <= (1e-5 if precision == "fp32" else 2e-2), diff
+    digest = hashlib.sha256(enc_arm["offsets"].tobytes()).hexdigest()
+    assert digest == hashlib.sha256(enc_x86["offsets"].tobytes()).hexdigest()
