@@ -1,10 +1,12 @@
-"""``python -m runtime encode | index add|info|remove | search``: the commands users live with."""
+"""``python -m runtime encode | index add|info|check|compact|remove | search | selftest``: the commands
+users live with."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -13,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError, UserError
-from .index import Index, PageRecord, bundle_identity
+from .errors import QueryError, StoreError, UserError
+from .index import DB, Index, PageRecord, bundle_identity
 from .ingest import DEFAULT_BATCH_TILES, DEFAULT_DPI, Encoded, Failed, Skipped, encode_stream, iter_sources, progress
 
 __all__ = ["add_parsers", "run_command"]
@@ -51,10 +53,21 @@ def _split_backends(args: argparse.Namespace) -> None:
     args.engine_backend = engines[0] if engines else "ort-cpu"
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (``-k 0``, ``--dpi 0`` are mistakes, not requests)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _bundle_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--bundle", required=required, help="ONNX bundle directory (python -m export --target onnx)")
-    p.add_argument("--precision", help="bundle precision (default: the bundle's default)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--precision", help="bundle precision (default: the one this CPU runs best, see README)")
+    p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: all cores)")
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -66,8 +79,8 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders, PDFs")
-    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PDF rasterisation (default {DEFAULT_DPI})")
-    p.add_argument("--batch-tiles", type=int, default=DEFAULT_BATCH_TILES, help="tiles per model call")
+    p.add_argument("--dpi", type=_positive, default=DEFAULT_DPI, help=f"PDF rasterisation (default {DEFAULT_DPI})")
+    p.add_argument("--batch-tiles", type=_positive, default=DEFAULT_BATCH_TILES, help="tiles per model call")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
@@ -79,27 +92,34 @@ def add_parsers(sub: Any) -> None:
     _backend_arg(enc, stores=False)
     _ingest_args(enc)
 
-    idx = sub.add_parser("index", help="add, inspect or remove pages of an index")
+    idx = sub.add_parser("index", help="add, inspect, check, compact or remove pages of an index")
     isub = idx.add_subparsers(dest="action", required=True)
-    add = isub.add_parser("add", help="encode pages and add them (crash-safe, skips pages already there)")
+    add = isub.add_parser("add", help="encode pages and add them (crash-safe; changed files are replaced)")
     _store_args(add)
     _backend_arg(add, stores=True)
     _bundle_args(add, required=False)
-    add.add_argument("--commit-pages", type=int, default=DEFAULT_COMMIT_PAGES, help="pages per commit")
+    add.add_argument("--commit-pages", type=_positive, default=DEFAULT_COMMIT_PAGES,
+                     help="pages per commit (a file's pages always commit together)")  # fmt: skip
     _ingest_args(add)
     info = isub.add_parser("info", help="what the index holds and which bundle made it")
     _store_args(info)
     _backend_arg(info, stores=True)
     info.add_argument("--json", action="store_true")
-    rm = isub.add_parser("remove", help="forget every page of the given files")
+    chk = isub.add_parser("check", help="verify the database, every segment's checksum and every page's rows")
+    _store_args(chk)
+    chk.add_argument("--json", action="store_true")
+    cmp_ = isub.add_parser("compact", help="rewrite live rows so removed and replaced pages stop taking space")
+    _store_args(cmp_)
+    rm = isub.add_parser("remove", help="forget every page of the given files (or folders)")
     _store_args(rm)
     _backend_arg(rm, stores=True)
-    rm.add_argument("paths", nargs="+", metavar="PATH")
+    rm.add_argument("--missing", action="store_true", help="also forget pages whose files no longer exist")
+    rm.add_argument("paths", nargs="*", metavar="PATH")
 
     st = sub.add_parser("selftest", help="check a bundle's fidelity on this machine (its probe vs PyTorch's)")
     st.add_argument("--bundle", required=True, help="ONNX bundle directory (python -m export --target onnx)")
     st.add_argument("--precision", help="comma-separated precisions to check (default: every one the bundle has)")
-    st.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    st.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: all cores)")
     st.add_argument("--json", action="store_true", help="print the report as JSON")
     _backend_arg(st, stores=False)
 
@@ -107,26 +127,43 @@ def add_parsers(sub: Any) -> None:
     _store_args(srch)
     _backend_arg(srch, stores=True)
     _bundle_args(srch, required=False)
-    srch.add_argument("-k", type=int, default=10, help="results (default 10)")
+    srch.add_argument("-k", type=_positive, default=10, help="results (default 10)")
     srch.add_argument("--json", action="store_true", help='[{"rank", "score", "path", "page"}, ...]')
     srch.add_argument("query", nargs="+", help="query text (several words are joined)")
 
 
 def run_command(args: argparse.Namespace) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # File names that are not UTF-8 arrive surrogate-escaped; print them as the bytes they were.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:
-        _split_backends(args)
+        if hasattr(args, "backend"):
+            _split_backends(args)
+        else:
+            args.store, args.engine_backend = "local", "ort-cpu"
         if args.cmd not in ("encode", "selftest") and not args.index and not (args.store == "qdrant" and args.url):
             raise UserError("--index DIR is required (or --backend qdrant --url URL)")
+        if args.store == "qdrant":
+            _require_qdrant()  # before a model is loaded for nothing
         if args.cmd == "encode":
             return _encode(args)
         if args.cmd == "selftest":
             return _selftest(args)
         if args.cmd == "search":
             return _search(args)
-        return {"add": _add, "info": _info, "remove": _remove}[args.action](args)
+        actions = {"add": _add, "info": _info, "remove": _remove, "check": _check, "compact": _compact}
+        return actions[args.action](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _require_qdrant() -> None:
+    try:
+        import qdrant_client  # noqa: F401
+    except ImportError:
+        raise UserError("the qdrant backend needs qdrant-client (pip install 'collfm2-edge[qdrant]')") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,9 +188,7 @@ def _open_store(args: argparse.Namespace, identity: dict[str, str] | None = None
         store = QdrantStore.open(args.url or args.index, args.collection, identity)
     else:
         root = Path(args.index)
-        store = (
-            Index.open(root) if (root / "index.sqlite").exists() or identity is None else Index.create(root, identity)
-        )
+        store = Index.open(root) if (root / DB).exists() or identity is None else Index.create(root, identity)
     try:
         yield store
     finally:
@@ -161,7 +196,12 @@ def _open_store(args: argparse.Namespace, identity: dict[str, str] | None = None
 
 
 def _exists(args: argparse.Namespace) -> bool:
-    return args.store == "qdrant" or (Path(args.index) / "index.sqlite").exists()
+    if args.store == "qdrant":
+        return True
+    root = Path(args.index)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root}: is a file, not an index directory")
+    return (root / DB).exists()
 
 
 def _report_failure(item: Failed) -> None:
@@ -169,6 +209,9 @@ def _report_failure(item: Failed) -> None:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; name the .npz file to write")
     model, proc = _load(args.bundle, args.precision, args.threads, args.engine_backend)
     rows, offsets, names, pages = [], [0], [], []
     failed = 0
@@ -179,6 +222,8 @@ def _encode(args: argparse.Namespace) -> int:
             _report_failure(item)
             continue
         assert isinstance(item, Encoded)
+        if item.source.note:
+            print(f"note: {item.source.note}", file=sys.stderr)
         rows.append(item.embeddings.astype(args.dtype))
         offsets.append(offsets[-1] + len(item.embeddings))
         names.append(item.source.path)
@@ -188,17 +233,21 @@ def _encode(args: argparse.Namespace) -> int:
     if not names:
         print("error: no page could be encoded", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npz")
-    np.savez(
-        tmp,
-        embeddings=np.concatenate(rows),
-        offsets=np.asarray(offsets, np.int64),
-        names=np.asarray(names, dtype=str),
-        pages=np.asarray(pages, np.int64),
-    )
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            tmp,
+            embeddings=np.concatenate(rows),
+            offsets=np.asarray(offsets, np.int64),
+            names=np.asarray(names, dtype=str),
+            pages=np.asarray(pages, np.int64),
+        )
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"--out {out}: cannot write it ({exc.strerror or exc})") from exc
     print(f"wrote {out}: {len(names)} pages, {offsets[-1]} vectors x {rows[0].shape[1]} ({args.dtype})")
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)
@@ -218,9 +267,15 @@ def _selftest(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+# What encode_stream's skip callback answers for a page whose bytes are stored under another path:
+# its record is written with the stored rows, not encoded again.
+_SHARE = "identical bytes are already stored"
+
+
 def _add(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    if not _exists(args) and not args.bundle:
+    exists = _exists(args)
+    if not exists and not args.bundle:
         raise StoreError(f"{args.index}: no index yet; pass --bundle to create it")
     bundle_dir = args.bundle
     if bundle_dir is None:  # the bundle recorded at creation
@@ -229,55 +284,86 @@ def _add(args: argparse.Namespace) -> int:
         args.precision = args.precision or precision
     model, proc = _load(bundle_dir, args.precision, args.threads, args.engine_backend)
     identity = bundle_identity(model.bundle, model.precision)
-    added = skipped = failed = 0
-    with _open_store(args, identity) as store:
-        store.check_bundle(identity)
-        writer = store.writer() if isinstance(store, Index) else contextlib.nullcontext(store)
-        with writer:
-            # Read by the preprocessing thread, written here: set membership is atomic in CPython.
-            known = _stored_hashes(store)
+    added = skipped = shared = failed = 0
+    with contextlib.ExitStack() as stack:
+        # A new index is created at its first commit, so a run that stores nothing leaves nothing.
+        opened: list[Any] = []
 
-            def skip(src: Any) -> str | None:
-                return "already indexed" if src.content_hash in known else None
+        def store() -> Any:
+            if not opened:
+                s = stack.enter_context(_open_store(args, identity))
+                s.check_bundle(identity)
+                if isinstance(s, Index):
+                    stack.enter_context(s.writer())
+                opened.append(s)
+            return opened[0]
 
-            pending: list[PageRecord] = []
-            bar = progress(None, "index add", enabled=False if args.no_progress else None)
+        # Read by the preprocessing thread, written here: dict and set operations are atomic in CPython.
+        stored: dict[tuple[str, int], str] = {}
+        hashes: set[str] = set()
+        if exists:
+            for page in store().pages():
+                stored[(page["path"], page["page"])] = page["content_hash"]
+                hashes.add(page["content_hash"])
+        sharing = exists and isinstance(store(), Index)
 
-            def commit() -> None:
-                nonlocal added, skipped
-                n = store.add_batch(pending)
-                added += n
-                skipped += len(pending) - n
-                pending.clear()
+        def skip(src: Any) -> str | None:
+            if stored.get((src.path, src.page)) == src.content_hash:
+                return "already indexed"
+            if sharing and src.content_hash in hashes:
+                return _SHARE
+            return None
 
-            for item in encode_stream(model, proc, iter_sources(args.paths, args.dpi), args.batch_tiles, skip=skip):
-                if isinstance(item, Failed):
-                    failed += 1
-                    _report_failure(item)
-                elif isinstance(item, Skipped):
+        pending: list[PageRecord] = []
+        last_path: list[str | None] = [None]
+        bar = progress(None, "index add", enabled=False if args.no_progress else None)
+
+        def commit() -> None:
+            nonlocal added
+            n = store().add_batch(pending)
+            added += n
+            for r in pending:
+                stored[(r.path, r.page)] = r.content_hash
+                hashes.add(r.content_hash)
+            pending.clear()
+
+        def at_file(path: str) -> None:
+            # Commit only between files: a file's pages replace its old ones in one commit.
+            if path != last_path[0]:
+                if len(pending) >= args.commit_pages:
+                    commit()
+                last_path[0] = path
+
+        for item in encode_stream(model, proc, iter_sources(args.paths, args.dpi), args.batch_tiles, skip=skip):
+            if isinstance(item, Failed):
+                at_file(item.path)
+                failed += 1
+                _report_failure(item)
+            elif isinstance(item, Skipped):
+                at_file(item.source.path)
+                if item.reason == _SHARE:
+                    src = item.source
+                    pending.append(PageRecord(src.path, src.page, src.content_hash, src.size, None))
+                    shared += 1
+                else:
                     skipped += 1
                     print(f"skipped {item.source.name}: {item.reason}", file=sys.stderr)
-                else:
-                    known.add(item.source.content_hash)
-                    src = item.source
-                    pending.append(PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings))
-                    if len(pending) >= args.commit_pages:
-                        commit()
-                bar.update()
-            if pending:
-                commit()
-            bar.close()
+            else:
+                src = item.source
+                at_file(src.path)
+                if src.note and src.page == 1:
+                    print(f"note: {src.note}", file=sys.stderr)
+                pending.append(PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings))
+            bar.update()
+        if pending:
+            commit()
+        bar.close()
     secs = time.perf_counter() - t0
-    print(f"added {added} page(s), skipped {skipped} already indexed, {failed} failed, in {secs:.1f}s")
+    extra = f" ({shared} sharing the rows of identical stored pages)" if shared else ""
+    print(f"added {added} page(s){extra}, skipped {skipped} already indexed, {failed} failed, in {secs:.1f}s")
     if failed:
         return 1 if added or skipped else 2
     return 0
-
-
-def _stored_hashes(store: Any) -> set[str]:
-    if isinstance(store, Index):
-        return {r["content_hash"] for r in store.pages()}
-    return set()  # qdrant: add_batch checks each page against the collection instead
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -291,17 +377,62 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local(args: argparse.Namespace) -> Index:
+    if args.store != "local":
+        raise UserError(f"index {args.action} works on a local index (--index DIR) only")
+    if not _exists(args):
+        raise StoreError(f"{args.index}: no index here")
+    return Index.open(Path(args.index))
+
+
+def _check(args: argparse.Namespace) -> int:
+    with _local(args) as index:
+        problems = index.check()
+        info = index.info() if not problems else {}
+    if args.json:
+        print(json.dumps({"healthy": not problems, "problems": problems}, indent=2))
+    elif problems:
+        for line in problems:
+            print(f"problem: {line}")
+        print(f"{len(problems)} problem(s): the index is damaged; pages in damaged segments must be added again")
+    else:
+        print(f"ok: {info['pages']} page(s) in {info['segments']} segment(s); every checksum verified")
+    return 1 if problems else 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    with _local(args) as index, index.writer():
+        res = index.compact()
+    print(f"compacted: {res['rows_before']} -> {res['rows_after']} stored rows "
+          f"({res['segments_rewritten']} segment(s) rewritten)")  # fmt: skip
+    return 0
+
+
 def _remove(args: argparse.Namespace) -> int:
+    if not args.paths and not args.missing:
+        raise UserError("name the files or folders to remove, or pass --missing")
     with _open_store(args) as store:
         writer = store.writer() if isinstance(store, Index) else contextlib.nullcontext(store)
         with writer:
-            n = store.remove([str(Path(p).resolve()) for p in args.paths])
+            targets = [str(Path(p).resolve()) for p in args.paths]
+            stored = {page["path"] for page in store.pages()} if isinstance(store, Index) else set()
+            for folder in [t for t in targets if Path(t).is_dir()]:  # a folder: every page stored under it
+                targets += [p for p in stored if p.startswith(folder.rstrip(os.sep) + os.sep)]
+            if args.missing:
+                if not isinstance(store, Index):
+                    raise UserError("--missing works on a local index only")
+                targets += store.missing_paths()
+            n = store.remove(targets)
     print(f"removed {n} page(s)")
     return 0 if n else 1
 
 
 def _search(args: argparse.Namespace) -> int:
     query = " ".join(args.query)
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError("the query is not valid UTF-8 text (check the terminal's locale)") from None
     with _open_store(args) as store:
         meta = store.meta
         model, proc = _load(
@@ -313,7 +444,7 @@ def _search(args: argparse.Namespace) -> int:
         q = emb[batch["attention_mask"][0] > 0]
         hits = store.search([q], k=args.k)[0]
     if args.json:
-        print(json.dumps([h.as_dict() for h in hits]))
+        print(json.dumps([h.as_dict() for h in hits], allow_nan=False))
         return 0
     if not hits:
         print("the index is empty")

@@ -2,71 +2,109 @@
 
 Layout of ``DIR``::
 
-    index.sqlite          meta (bundle identity, dim), segments, pages (path, page, hash, size, time)
-    segments/000001.f16   raw float16 rows [n, dim], one file per committed batch, never rewritten
+    index.sqlite          meta (bundle identity, dim), segments, pages, intents
+    segments/<id>.f16     raw float16 rows [n, dim] of one commit, written once, never changed
     index.lock            writers take an exclusive flock on it
 
-Commit protocol for a batch (``Index.add_batch``): write the rows to a temp file, fsync, rename it
-to its segment name, fsync the directory, and only then commit the SQLite transaction that points
-pages at it. A process killed at any point leaves either a committed batch or an unreferenced
-file, which the next writer deletes: pages are never half-present, and committed pages are never
-touched. Search memory-maps the segments and scores with the exact blocked MaxSim.
+A page is identified by (path, page number); paths are stored as the file system's bytes, so any
+name works. Pages with identical bytes under other paths share stored rows. The guarantees and
+how each is kept:
+
+* **A commit is all or nothing.** Rows go to a temp file, fsynced and renamed to a fresh segment
+  name, before the SQLite transaction (journal DELETE, synchronous FULL) that points pages at it.
+* **Nothing stored is ever deleted by mistake.** Before a segment file is written its name is
+  committed to ``intents``, and a removal or compaction adds the names it will delete in the same
+  transaction that unreferences them. The clean-up after a crash deletes only files that are in
+  ``intents`` and in no segment row, plus ``.tmp-`` files. Any other file the database does not
+  know, a failed ``PRAGMA integrity_check``, or a segment row whose file is missing or of the
+  wrong size stops a writer with one line, having deleted nothing.
+* **Ids are never reused** (``AUTOINCREMENT``): a reader's cached memory map of segment N is
+  valid for as long as the process lives. A search reads the page table and maps the files inside
+  one read transaction, so a concurrent remove or compaction cannot delete them in between.
+* **Damage is found.** Every segment's sha256 is recorded at commit and verified by ``check``,
+  by a search when the index is small (``VERIFY_ON_OPEN_BYTES``), and whenever a score comes out
+  non-finite; NaN never reaches a result.
+* **Creating an index is atomic** (built in a temp directory, renamed into place).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .errors import StoreError
 from .scoring import score_packed
 
-__all__ = ["Hit", "Index", "PageRecord", "bundle_identity", "check_identity"]
+__all__ = ["Hit", "Index", "PageRecord", "bundle_identity", "check_identity", "decode_path", "encode_path"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB = "index.sqlite"
 SEGMENTS = "segments"
+LOCK = "index.lock"
+# A search verifies the sha256 of every segment it maps when the whole index is at most this big
+# (~3,700 single-tile pages); larger ones rely on `index check` and the non-finite guard.
+VERIFY_ON_OPEN_BYTES = 256 << 20
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS segments (
-    id INTEGER PRIMARY KEY, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL, sha256 TEXT NOT NULL
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL, sha256 TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS pages (
-    id INTEGER PRIMARY KEY,
+CREATE TABLE intents (file TEXT PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE pages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path BLOB NOT NULL,
+    page INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    added REAL NOT NULL,
     segment INTEGER NOT NULL REFERENCES segments(id),
     row_start INTEGER NOT NULL,
     row_count INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    page INTEGER NOT NULL,
-    content_hash TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    added REAL NOT NULL
+    UNIQUE (path, page)
 );
-CREATE INDEX IF NOT EXISTS pages_path ON pages(path);
+CREATE INDEX pages_hash ON pages(content_hash);
+CREATE INDEX pages_segment ON pages(segment);
 """
+
+T = TypeVar("T")
+
+
+def encode_path(path: str | os.PathLike | bytes) -> bytes:
+    """A path as stored: the file system's bytes (argv and folder walks give surrogate-escaped str)."""
+    return path if isinstance(path, bytes) else os.fsencode(path)
+
+
+def decode_path(raw: bytes | str) -> str:
+    """A stored path back as ``str``; undecodable bytes come back surrogate-escaped, as from ``os``."""
+    return raw if isinstance(raw, str) else os.fsdecode(raw)
 
 
 @dataclass(frozen=True)
 class PageRecord:
-    """One page to store: its embedding rows and where it came from."""
+    """One page to store: its embedding rows and where it came from.
+
+    ``embeddings=None`` stores the page with the rows of an already stored page of the same
+    ``content_hash`` (identical bytes under another path), without encoding it again."""
 
     path: str
     page: int
     content_hash: str
     size: int
-    embeddings: np.ndarray  # [n, dim], real rows only
+    embeddings: np.ndarray | None  # [n, dim], real rows only
 
 
 @dataclass(frozen=True)
@@ -115,19 +153,44 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _os_error(root: Path, exc: OSError, doing: str) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        why = "no space left on device"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "permission denied (read-only index directory?)"
+    else:
+        why = exc.strerror or str(exc)
+    return StoreError(f"{root}: {doing} failed: {why}; nothing of it was committed, stored pages are intact")
+
+
+def _db_error(root: Path, exc: sqlite3.Error) -> StoreError:
+    text = str(exc)
+    if "full" in text:
+        why = "no space left on device (database or disk is full)"
+    elif "readonly" in text or "read-only" in text:
+        why = "the index is read-only here"
+    elif "locked" in text or "busy" in text:
+        why = "another process holds the index database locked; try again"
+    else:
+        why = f"the index database is damaged or unreadable ({text}); run: python -m runtime index check --index DIR"
+    return StoreError(f"{root / DB}: {why}")
+
+
 class Index:
     """Open with ``Index.open(dir)`` (existing) or ``Index.create(dir, identity)``."""
 
     def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
         self.root = root
         self.conn = conn
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps: dict[tuple[int, str], np.ndarray] = {}
+        self._verified: set[tuple[int, str]] = set()
+        self._locked = False
 
     # -- opening --------------------------------------------------------------------------
 
     @staticmethod
-    def _connect(root: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(root / DB), isolation_level=None, timeout=30)
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
         # DELETE journal + FULL sync: a commit is on disk when it returns (WAL would be faster
         # but adds files that must travel with the index).
         conn.execute("PRAGMA journal_mode=DELETE")
@@ -137,35 +200,103 @@ class Index:
 
     @classmethod
     def create(cls, root: str | os.PathLike, identity: dict[str, str]) -> Index:
+        """A new empty index at ``root`` (absent, or an empty directory), all at once: it is built
+        beside ``root`` and renamed into place, so a crash leaves no half-made index."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root}: is a file, not an index directory")
         if (root / DB).exists():
             raise StoreError(f"{root}: an index already exists here")
-        if root.exists() and any(root.iterdir()):
+        if root.is_dir() and any(root.iterdir()):
             raise StoreError(f"{root}: exists and is not an index (and not empty); choose a new directory")
-        (root / SEGMENTS).mkdir(parents=True, exist_ok=True)
-        conn = cls._connect(root)
-        with _transaction(conn):  # schema and identity appear together or not at all
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            rows = {"schema_version": str(SCHEMA_VERSION), "created": _now_iso(), **identity}
-            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", sorted(rows.items()))
-        return cls(root, conn)
+        try:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
+        except OSError as exc:
+            raise _os_error(root, exc, "creating the index") from exc
+        try:
+            (tmp / SEGMENTS).mkdir()
+            conn = cls._connect(tmp / DB)
+            try:
+                with _transaction(conn):
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(statement)
+                    rows = {"schema_version": str(SCHEMA_VERSION), "created": _now_iso(), **identity}
+                    conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", sorted(rows.items()))
+            finally:
+                conn.close()
+            _fsync_dir(tmp / SEGMENTS)
+            _fsync_dir(tmp)
+            if root.is_dir():
+                root.rmdir()  # empty (checked above); rename cannot replace a non-empty one anyway
+            os.rename(tmp, root)
+            _fsync_dir(root.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                _rmtree(tmp)
+            if root.is_dir() and (root / DB).exists():  # another process created it meanwhile
+                raise StoreError(
+                    f"{root}: an index was created here by another process; run the command again"
+                ) from exc
+            raise _os_error(root, exc, "creating the index") from exc
+        except sqlite3.Error as exc:
+            _rmtree(tmp)
+            raise _db_error(root, exc) from exc
+        return cls.open(root)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> Index:
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root}: is a file, not an index directory")
         if not (root / DB).is_file():
             raise StoreError(f"{root}: no index here (create one with: python -m runtime index add --index DIR ...)")
+        if not (root / SEGMENTS).is_dir():
+            raise StoreError(f"{root}: {SEGMENTS}/ is missing; the index is damaged (its vectors are gone)")
         try:
-            conn = cls._connect(root)
+            conn = cls._connect(root / DB)
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{root / DB}: not a readable index database ({exc})") from exc
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
+        index = cls(root, conn)
+        version = meta.get("schema_version")
+        if version == "1":
+            index._migrate_v1()
+        elif version != str(SCHEMA_VERSION):
+            conn.close()
+            raise StoreError(f"{root}: index schema {version!r}, this runtime reads {SCHEMA_VERSION}")
+        for key in ("dim", "precision", "bundle_manifest_sha256"):
+            if key not in meta:
+                conn.close()
+                raise StoreError(f"{root / DB}: meta has no {key!r}; the index is damaged")
+        return index
+
+    def _migrate_v1(self) -> None:
+        """Schema 1 (paths as text, one page per content hash, reusable segment ids) -> 2, in one
+        transaction. Files are untouched; segment ids continue above the old maximum."""
+        try:
+            with _transaction(self.conn):
+                c = self.conn
+                c.execute("ALTER TABLE segments RENAME TO segments_v1")
+                c.execute("ALTER TABLE pages RENAME TO pages_v1")
+                c.execute("DROP INDEX IF EXISTS pages_path")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    if "TABLE meta" not in statement:
+                        c.execute(statement)
+                c.execute("INSERT INTO segments(id, file, rows, sha256) SELECT id, file, rows, sha256 FROM segments_v1")
+                c.execute(
+                    "INSERT INTO pages(path, page, content_hash, size, added, segment, row_start, row_count) "
+                    "SELECT CAST(path AS BLOB), page, content_hash, size, added, segment, row_start, row_count "
+                    "FROM pages_v1 ORDER BY id"
+                )
+                c.execute("DROP TABLE pages_v1")
+                c.execute("DROP TABLE segments_v1")
+                c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
             raise StoreError(
-                f"{root}: index schema {meta.get('schema_version')!r}, this runtime reads {SCHEMA_VERSION}"
-            )
-        return cls(root, conn)
+                f"{self.root}: index schema 1 needs a one-time upgrade, which failed ({exc}); "
+                "run the command again with write access to the index"
+            ) from exc
 
     def close(self) -> None:
         self._maps.clear()
@@ -177,9 +308,16 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _db(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, turning SQLite's errors into one-line ``StoreError``s."""
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            raise _db_error(self.root, exc) from exc
+
     @property
     def meta(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        return self._db(lambda: dict(self.conn.execute("SELECT key, value FROM meta").fetchall()))
 
     @property
     def dim(self) -> int:
@@ -193,123 +331,336 @@ class Index:
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[Index]:
-        """Exclusive writer lock; cleans up what a killed writer left (unreferenced files)."""
+        """Exclusive writer lock; checks the index and removes what a killed writer left."""
         import fcntl
 
-        with open(self.root / "index.lock", "a+") as lock:
+        try:
+            lock = open(self.root / LOCK, "a+")  # noqa: SIM115 - held for the with-block below
+        except OSError as exc:
+            raise _os_error(self.root, exc, "taking the writer lock") from exc
+        with lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StoreError(f"{self.root}: another process is writing to this index") from None
             try:
-                self._cleanup()
+                self._db(self._recover)
+                self._locked = True
                 yield self
             finally:
+                self._locked = False
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _cleanup(self) -> None:
-        known = {f for (f,) in self.conn.execute("SELECT file FROM segments")}
-        for f in (self.root / SEGMENTS).iterdir():
-            if f.name not in known:
-                f.unlink()  # a temp file or a segment whose metadata never committed
+    def _need_writer(self) -> None:
+        if not self._locked:
+            raise RuntimeError("index writes must happen inside `with index.writer():`")
 
-    def has(self, content_hash: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM pages WHERE content_hash = ?", (content_hash,)).fetchone() is not None
+    def _recover(self) -> None:
+        """Prove the database whole, then delete exactly what an interrupted writer left."""
+        problems = self._integrity()
+        known = {f: rows for f, rows in self.conn.execute("SELECT file, rows FROM segments NOT INDEXED")}
+        doomed = {f for (f,) in self.conn.execute("SELECT file FROM intents")}
+        on_disk = {f.name: f for f in (self.root / SEGMENTS).iterdir()}
+        for name, rows in known.items():
+            f = on_disk.get(name)
+            if f is None or f.stat().st_size != rows * self.dim * 2:
+                problems.append(f"segment {name} is missing or has the wrong size")
+        strays = [n for n in on_disk if n not in known and n not in doomed and not n.startswith(".tmp-")]
+        if strays:
+            problems.append(f"{len(strays)} file(s) in {SEGMENTS}/ that the database does not know (e.g. {strays[0]})")
+        if problems:
+            raise StoreError(
+                f"{self.root}: the index is damaged ({problems[0]}{'; ...' if len(problems) > 1 else ''}); "
+                "nothing was changed or deleted. See: python -m runtime index check --index DIR"
+            )
+        for name, f in on_disk.items():
+            if name.startswith(".tmp-") or (name in doomed and name not in known):
+                f.unlink()
+        if doomed:
+            with _transaction(self.conn):
+                self.conn.executemany("DELETE FROM intents WHERE file = ?", [(f,) for f in doomed])
+
+    def _integrity(self) -> list[str]:
+        rows = [r for (r,) in self.conn.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else [f"SQLite integrity check: {r}" for r in rows]
+
+    def page_state(self, path: str, page: int, content_hash: str) -> str:
+        """``"same"`` (this page of this file is stored), ``"alias"`` (these bytes are stored under
+        another path or version: reuse the rows) or ``"new"``."""
+
+        def q() -> str:
+            row = self.conn.execute(
+                "SELECT content_hash FROM pages WHERE path = ? AND page = ?", (encode_path(path), page)
+            ).fetchone()
+            if row is not None and row[0] == content_hash:
+                return "same"
+            hit = self.conn.execute("SELECT 1 FROM pages WHERE content_hash = ? LIMIT 1", (content_hash,)).fetchone()
+            return "alias" if hit else "new"
+
+        return self._db(q)
 
     def add_batch(self, records: Sequence[PageRecord]) -> int:
-        """Commit ``records`` atomically (call inside ``writer()``). Returns pages added; a page
-        whose content hash is already stored (or repeated within the batch) is skipped."""
-        seen: set[str] = set()
-        fresh = []
+        """Commit ``records`` atomically (inside ``writer()``); returns the pages stored.
+
+        The records of one path are that file's complete new set of pages: its pages stored
+        before are replaced in the same commit. A record equal to what is stored is skipped."""
+        self._need_writer()
+        fresh: list[PageRecord] = []
+        seen: set[tuple[bytes, int]] = set()
         for r in records:
-            if r.content_hash in seen or self.has(r.content_hash):
+            key = (encode_path(r.path), int(r.page))
+            if key in seen or self.page_state(r.path, r.page, r.content_hash) == "same":
                 continue
-            seen.add(r.content_hash)
-            if r.embeddings.ndim != 2 or r.embeddings.shape[1] != self.dim:
-                raise ValueError(f"{r.path}: embeddings {r.embeddings.shape}, index dim {self.dim}")
+            seen.add(key)
+            if r.embeddings is not None:
+                e = r.embeddings
+                if e.ndim != 2 or e.shape[1] != self.dim:
+                    raise StoreError(f"{r.path}: embeddings {e.shape}, index dim {self.dim}")
+                if not np.isfinite(e).all():
+                    raise StoreError(f"{r.path} page {r.page}: the model produced non-finite values; not stored")
             fresh.append(r)
         if not fresh:
             return 0
-        rows = np.concatenate([r.embeddings for r in fresh]).astype(np.float16)
-        seg_id = (self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()[0] or 0) + 1
-        name = f"{seg_id:06d}.f16"
+        encoded = [r for r in fresh if r.embeddings is not None]
+        name = None
+        if encoded:
+            rows = np.concatenate([r.embeddings for r in encoded]).astype(np.float16)
+            if not np.isfinite(rows).all():
+                raise StoreError("embeddings overflow float16; not stored")
+            name = f"{uuid.uuid4().hex}.f16"
+            data = rows.tobytes()
+            self._db(lambda: self._intend([name]))
+            self._write_segment(name, data)
+        now = time.time()
+
+        def commit() -> None:
+            with _transaction(self.conn):
+                seg_id = None
+                if name is not None:
+                    cur = self.conn.execute(
+                        "INSERT INTO segments(file, rows, sha256) VALUES (?, ?, ?)",
+                        (name, len(rows), hashlib.sha256(data).hexdigest()),
+                    )
+                    seg_id = cur.lastrowid
+                    self.conn.execute("DELETE FROM intents WHERE file = ?", (name,))
+                # Shared rows are looked up before this commit replaces anything: the bytes may be
+                # an old version of a file this very batch updates.
+                spans, start = [], 0
+                for r in fresh:
+                    if r.embeddings is not None:
+                        spans.append((seg_id, start, len(r.embeddings)))
+                        start += len(r.embeddings)
+                    else:
+                        spans.append(self._span_of(r.content_hash))
+                for path in {encode_path(r.path) for r in fresh}:  # replace what these files held
+                    self.conn.execute("DELETE FROM pages WHERE path = ?", (path,))
+                for r, span in zip(fresh, spans, strict=True):
+                    self.conn.execute(
+                        "INSERT INTO pages(path, page, content_hash, size, added, segment, row_start, row_count) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (encode_path(r.path), r.page, r.content_hash, r.size, now, *span),
+                    )
+                self._doom_unreferenced()
+
+        self._db(commit)
+        self._delete_doomed()
+        return len(fresh)
+
+    def _span_of(self, content_hash: str) -> tuple[int, int, int]:
+        row = self.conn.execute(
+            "SELECT segment, row_start, row_count FROM pages WHERE content_hash = ? LIMIT 1", (content_hash,)
+        ).fetchone()
+        if row is None:  # removed by another writer since page_state said "alias": cannot happen under writer()
+            raise StoreError(f"no stored page holds content {content_hash[:12]}...; add the file again")
+        return row
+
+    def _intend(self, files: list[str]) -> None:
+        with _transaction(self.conn):
+            self.conn.executemany("INSERT OR IGNORE INTO intents(file, since) VALUES (?, ?)",
+                                  [(f, time.time()) for f in files])  # fmt: skip
+
+    def _write_segment(self, name: str, data: bytes) -> None:
         seg_dir = self.root / SEGMENTS
-        data = rows.tobytes()
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=seg_dir)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=seg_dir)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, seg_dir / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(seg_dir)
-        now = time.time()
-        with _transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO segments(id, file, rows, sha256) VALUES (?, ?, ?, ?)",
-                (seg_id, name, len(rows), hashlib.sha256(data).hexdigest()),
-            )
-            start = 0
-            for r in fresh:
-                self.conn.execute(
-                    "INSERT INTO pages(segment, row_start, row_count, path, page, content_hash, size, added) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seg_id, start, len(r.embeddings), r.path, r.page, r.content_hash, r.size, now),
-                )
-                start += len(r.embeddings)
-        return len(fresh)
+            tmp = None
+            _fsync_dir(seg_dir)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise _os_error(self.root, exc, "writing a segment") from exc
 
-    def remove(self, paths: Sequence[str]) -> int:
-        """Forget every page of ``paths`` (call inside ``writer()``); returns pages removed.
+    def _doom_unreferenced(self) -> None:
+        """Inside a transaction: segments no page uses any more become intents (deleted after commit)."""
+        dead = self.conn.execute(
+            "SELECT id, file FROM segments WHERE id NOT IN (SELECT DISTINCT segment FROM pages)"
+        ).fetchall()
+        for seg_id, file in dead:
+            self.conn.execute("INSERT OR IGNORE INTO intents(file, since) VALUES (?, ?)", (file, time.time()))
+            self.conn.execute("DELETE FROM segments WHERE id = ?", (seg_id,))
 
-        Their rows stay in the segments as dead space (``info`` shows it); segments whose pages
-        are all gone are deleted."""
-        with _transaction(self.conn):
-            n = 0
-            for p in paths:
-                n += self.conn.execute("DELETE FROM pages WHERE path = ?", (p,)).rowcount
-            dead = [
-                (i, f)
-                for i, f in self.conn.execute(
-                    "SELECT id, file FROM segments WHERE id NOT IN (SELECT DISTINCT segment FROM pages)"
-                )
-            ]
-            self.conn.executemany("DELETE FROM segments WHERE id = ?", [(i,) for i, _ in dead])
-        for _, f in dead:  # after the commit: a crash before this leaves files _cleanup removes
+    def _delete_doomed(self) -> None:
+        """After a commit: delete the files it doomed, then forget them. A crash in between leaves
+        intents that the next writer's ``_recover`` completes."""
+        doomed = self._db(lambda: [f for (f,) in self.conn.execute(
+            "SELECT file FROM intents WHERE file NOT IN (SELECT file FROM segments)")])  # fmt: skip
+        for f in doomed:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / SEGMENTS / f).unlink()
-            self._maps.clear()
+        if doomed:
+
+            def forget() -> None:
+                with _transaction(self.conn):
+                    self.conn.executemany("DELETE FROM intents WHERE file = ?", [(f,) for f in doomed])
+
+            self._db(forget)
+
+    def remove(self, paths: Sequence[str | bytes]) -> int:
+        """Forget every page of ``paths`` (inside ``writer()``); returns pages removed. Rows of
+        segments that other pages still use stay as dead space until ``compact``."""
+        self._need_writer()
+
+        def tx() -> int:
+            with _transaction(self.conn):
+                n = sum(
+                    self.conn.execute("DELETE FROM pages WHERE path = ?", (encode_path(p),)).rowcount for p in paths
+                )
+                self._doom_unreferenced()
+            return n
+
+        n = self._db(tx)
+        self._delete_doomed()
         return n
+
+    def missing_paths(self) -> list[str]:
+        """Stored paths whose files no longer exist (for ``index remove --missing``)."""
+        raw = self._db(lambda: [p for (p,) in self.conn.execute("SELECT DISTINCT path FROM pages")])
+        return [decode_path(p) for p in raw if not os.path.lexists(p)]
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite the live rows of segments that hold dead ones into one new segment (inside
+        ``writer()``), crash-safe like ``add_batch``. Returns before/after row counts."""
+        self._need_writer()
+
+        def plan() -> tuple[list[tuple], list[tuple]]:
+            segs = self.conn.execute("SELECT id, file, rows FROM segments").fetchall()
+            spans = self.conn.execute(
+                "SELECT DISTINCT segment, row_start, row_count FROM pages ORDER BY segment, row_start"
+            ).fetchall()
+            return segs, spans
+
+        segs, spans = self._db(plan)
+        live = {}
+        for seg, _start, count in spans:
+            live[seg] = live.get(seg, 0) + count
+        sparse = [(i, f, r) for i, f, r in segs if live.get(i, 0) < r]
+        before = sum(r for _, _, r in segs)
+        if not sparse:
+            return {"rows_before": before, "rows_after": before, "segments_rewritten": 0}
+        ids = {i for i, _, _ in sparse}
+        moved = [(s, a, c) for s, a, c in spans if s in ids]
+        parts, new_span, cursor = [], {}, 0
+        for seg, start, count in moved:
+            file, rows = next((f, r) for i, f, r in sparse if i == seg)
+            arr = self._segment(seg, file, rows, verify=True)  # never launder damage into a fresh checksum
+            parts.append(np.asarray(arr[start : start + count]))
+            new_span[(seg, start, count)] = (cursor, count)
+            cursor += count
+        name = f"{uuid.uuid4().hex}.f16"
+        data = np.concatenate(parts).astype(np.float16).tobytes() if parts else b""
+        if parts:
+            self._db(lambda: self._intend([name]))
+            self._write_segment(name, data)
+
+        def commit() -> None:
+            with _transaction(self.conn):
+                new_id = None
+                if parts:
+                    new_id = self.conn.execute(
+                        "INSERT INTO segments(file, rows, sha256) VALUES (?, ?, ?)",
+                        (name, cursor, hashlib.sha256(data).hexdigest()),
+                    ).lastrowid
+                    self.conn.execute("DELETE FROM intents WHERE file = ?", (name,))
+                for (seg, start, count), (new_start, _) in new_span.items():
+                    self.conn.execute(
+                        "UPDATE pages SET segment = ?, row_start = ? "
+                        "WHERE segment = ? AND row_start = ? AND row_count = ?",
+                        (new_id, new_start, seg, start, count),
+                    )
+                self._doom_unreferenced()
+
+        self._db(commit)
+        self._delete_doomed()
+        after = self._db(lambda: self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM segments").fetchone()[0])
+        return {"rows_before": before, "rows_after": int(after), "segments_rewritten": len(sparse)}
 
     # -- reading --------------------------------------------------------------------------
 
-    def _segment(self, seg_id: int, file: str, rows: int) -> np.ndarray:
-        arr = self._maps.get(seg_id)
+    def _segment(self, seg_id: int, file: str, rows: int, verify: bool = False) -> np.ndarray:
+        key = (seg_id, file)
+        arr = self._maps.get(key)
         if arr is None:
             path = self.root / SEGMENTS / file
             expected = rows * self.dim * 2
-            if not path.is_file() or path.stat().st_size != expected:
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = -1
+            if size != expected:
                 raise StoreError(f"{path}: missing or wrong size (expected {expected} bytes); the index is damaged")
-            arr = np.memmap(path, dtype=np.float16, mode="r", shape=(rows, self.dim))
-            self._maps[seg_id] = arr
+            arr = (
+                np.memmap(path, dtype=np.float16, mode="r", shape=(rows, self.dim))
+                if rows
+                else np.zeros((0, self.dim), np.float16)
+            )
+            self._maps[key] = arr
+        if verify and key not in self._verified:
+            self._verify(seg_id, file, arr)
         return arr
 
+    def _verify(self, seg_id: int, file: str, arr: np.ndarray) -> None:
+        (digest,) = self._db(
+            lambda: self.conn.execute("SELECT sha256 FROM segments WHERE id = ?", (seg_id,)).fetchone()
+        )
+        if hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest() != digest:
+            raise StoreError(
+                f"{self.root / SEGMENTS / file}: contents do not match the checksum recorded at commit; "
+                "the index is damaged. See: python -m runtime index check --index DIR"
+            )
+        self._verified.add((seg_id, file))
+
     def pages(self) -> list[dict[str, Any]]:
-        cur = self.conn.execute("SELECT id, path, page, content_hash, size, added, row_count FROM pages ORDER BY id")
+        sql = "SELECT id, path, page, content_hash, size, added, row_count FROM pages ORDER BY id"
+        cur = self._db(lambda: self.conn.execute(sql).fetchall())
         keys = ("id", "path", "page", "content_hash", "size", "added", "rows")
-        return [dict(zip(keys, row, strict=True)) for row in cur]
+        return [dict(zip(keys, (i, decode_path(p), *rest), strict=True)) for i, p, *rest in cur]
 
     def info(self) -> dict[str, Any]:
-        n_pages, live_rows = self.conn.execute("SELECT COUNT(*), COALESCE(SUM(row_count), 0) FROM pages").fetchone()
-        n_segs, all_rows = self.conn.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
+        def q() -> tuple:
+            c = self.conn
+            n_pages = c.execute("SELECT COUNT(*) FROM pages").fetchone()[0]
+            live = c.execute(
+                "SELECT COALESCE(SUM(row_count), 0), COUNT(*) FROM (SELECT DISTINCT segment, row_start, row_count "
+                "FROM pages)"
+            ).fetchone()
+            segs = c.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
+            paths = c.execute("SELECT COUNT(DISTINCT path) FROM pages").fetchone()[0]
+            return n_pages, live, segs, paths
+
+        n_pages, (live_rows, stored), (n_segs, all_rows), n_files = self._db(q)
         size = sum(f.stat().st_size for f in (self.root / SEGMENTS).iterdir())
         return {
             **self.meta,
+            "files": n_files,
             "pages": n_pages,
+            "shared_pages": n_pages - stored,  # pages whose rows another path's page also uses
             "rows": live_rows,
             "dead_rows": all_rows - live_rows,
             "segments": n_segs,
@@ -318,63 +669,102 @@ class Index:
 
     def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[Hit]]:
         """Exact MaxSim of each query [n_q, dim] against every page; top ``k`` per query."""
-        cur = self.conn.execute(
-            "SELECT p.segment, s.file, s.rows, p.row_start, p.row_count, p.path, p.page "
-            "FROM pages p JOIN segments s ON s.id = p.segment ORDER BY p.segment, p.row_start"
-        )
+        if k < 1:
+            raise StoreError(f"k must be at least 1, got {k}")
+
+        def snapshot() -> tuple[list[tuple], dict[int, np.ndarray], bool]:
+            # One read transaction: a writer cannot commit (and so cannot delete a segment this
+            # reads) until the files are mapped; a mapped file stays readable after deletion.
+            self.conn.execute("BEGIN")
+            try:
+                rows = self.conn.execute(
+                    "SELECT p.segment, s.file, s.rows, p.row_start, p.row_count, p.path, p.page "
+                    "FROM pages p JOIN segments s ON s.id = p.segment ORDER BY p.segment, p.row_start, p.id"
+                ).fetchall()
+                total = self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM segments").fetchone()[0]
+                verify = total * self.dim * 2 <= VERIFY_ON_OPEN_BYTES
+                maps = {}
+                for seg, file, nrows, *_ in rows:
+                    if seg not in maps:
+                        maps[seg] = self._segment(seg, file, nrows, verify=verify)
+            finally:
+                self.conn.execute("COMMIT")
+            return rows, maps, verify
+
+        rows, maps, verified = self._db(snapshot)
+        for key in [key for key in self._maps if key[0] not in maps]:
+            del self._maps[key]  # compacted or removed since the last search: never used again
+            self._verified.discard(key)
+        if not rows:
+            return [[] for _ in queries]
         by_seg: dict[int, list[tuple]] = {}
-        files: dict[int, tuple[str, int]] = {}
-        for seg, file, rows, start, count, path, page in cur:
-            by_seg.setdefault(seg, []).append((start, count, path, page))
-            files[seg] = (file, rows)
+        for seg, file, _nrows, start, count, path, page in rows:
+            by_seg.setdefault(seg, []).append((start, count, path, page, file))
         scores, meta = [], []
         for seg, pages in by_seg.items():
-            arr = self._segment(seg, *files[seg])
-            # Pages of a segment are contiguous unless some were removed: score the live ranges.
+            arr = maps[seg]
             starts = np.array([p[0] for p in pages], np.int64)
             counts = np.array([p[1] for p in pages], np.int64)
-            if np.array_equal(starts[1:], (starts + counts)[:-1]):
+            if np.array_equal(starts[1:], (starts + counts)[:-1]):  # contiguous: score in place
                 lo = int(starts[0])
                 offsets = np.concatenate([[0], np.cumsum(counts)])
-                scores.append(score_packed(queries, arr[lo : lo + int(offsets[-1])], offsets))
+                s = score_packed(queries, arr[lo : lo + int(offsets[-1])], offsets)
             else:
-                rows = np.concatenate([arr[s : s + c] for s, c in zip(starts, counts, strict=True)])
-                scores.append(score_packed(queries, rows, np.concatenate([[0], np.cumsum(counts)])))
-            meta += [(p[2], p[3]) for p in pages]
-        if not meta:
-            return [[] for _ in queries]
+                packed = np.concatenate([arr[a : a + c] for a, c in zip(starts, counts, strict=True)])
+                s = score_packed(queries, packed, np.concatenate([[0], np.cumsum(counts)]))
+            if not np.isfinite(s).all():
+                file = pages[0][4]
+                if not verified:
+                    self._verify(seg, file, arr)  # raises when the file was damaged
+                raise StoreError(f"{self.root / SEGMENTS / file}: non-finite scores; the index is damaged")
+            scores.append(s)
+            meta += [(decode_path(p[2]), p[3]) for p in pages]
         all_scores = np.concatenate(scores, axis=1)  # [Q, pages]
         out = []
         for row in all_scores:
             kk = min(k, len(row))
             top = np.argpartition(-row, kk - 1)[:kk]
-            top = top[np.lexsort((top, -row[top]))]  # by score, ties by insertion order
+            top = top[np.lexsort((top, -row[top]))]  # by score, ties by storage order
             out.append([Hit(r + 1, float(row[i]), meta[i][0], meta[i][1]) for r, i in enumerate(top)])
         return out
 
     def check(self) -> list[str]:
-        """Consistency problems (empty list = healthy): every page's rows inside an existing segment
-        of the right size with the recorded hash, and no overlap between pages."""
-        problems = []
-        for seg_id, file, rows, digest in self.conn.execute("SELECT id, file, rows, sha256 FROM segments"):
-            path = self.root / SEGMENTS / file
-            if not path.is_file():
-                problems.append(f"segment {file} missing")
-                continue
-            data = path.read_bytes()
-            if len(data) != rows * self.dim * 2:
-                problems.append(f"segment {file}: {len(data)} bytes, expected {rows * self.dim * 2}")
-            elif hashlib.sha256(data).hexdigest() != digest:
-                problems.append(f"segment {file}: sha256 mismatch")
-            spans = self.conn.execute(
-                "SELECT row_start, row_count FROM pages WHERE segment = ? ORDER BY row_start", (seg_id,)
-            ).fetchall()
-            end = 0
-            for start, count in spans:
-                if start < end or start + count > rows or count <= 0:
-                    problems.append(f"segment {file}: bad page span {start}+{count}")
-                end = start + count
-        return problems
+        """Every problem found (empty list = healthy): SQLite's integrity check, each segment's
+        file, size and sha256, page spans inside their segment and overlapping only when shared,
+        files the database does not know, and interrupted writes not yet cleaned up."""
+
+        def q() -> list[str]:
+            problems = self._integrity()
+            segs = self.conn.execute("SELECT id, file, rows, sha256 FROM segments NOT INDEXED").fetchall()
+            known = {f for _, f, _, _ in segs}
+            for seg_id, file, rows, digest in segs:
+                path = self.root / SEGMENTS / file
+                if not path.is_file():
+                    problems.append(f"segment {file} missing")
+                    continue
+                data = path.read_bytes()
+                if len(data) != rows * self.dim * 2:
+                    problems.append(f"segment {file}: {len(data)} bytes, expected {rows * self.dim * 2}")
+                elif hashlib.sha256(data).hexdigest() != digest:
+                    problems.append(f"segment {file}: sha256 mismatch (contents changed since commit)")
+                spans = self.conn.execute(
+                    "SELECT DISTINCT row_start, row_count FROM pages WHERE segment = ? ORDER BY row_start", (seg_id,)
+                ).fetchall()
+                end = 0
+                for start, count in spans:
+                    if start < end or start + count > rows or count <= 0:
+                        problems.append(f"segment {file}: bad page span {start}+{count}")
+                    end = max(end, start + count)
+            orphans = self.conn.execute("SELECT COUNT(*) FROM pages WHERE segment NOT IN (SELECT id FROM segments)")
+            if (n := orphans.fetchone()[0]) > 0:
+                problems.append(f"{n} page(s) point at segments that do not exist")
+            doomed = {f for (f,) in self.conn.execute("SELECT file FROM intents")}
+            for f in sorted((self.root / SEGMENTS).iterdir()):
+                if f.name not in known and f.name not in doomed and not f.name.startswith(".tmp-"):
+                    problems.append(f"file {SEGMENTS}/{f.name} is not in the database")
+            return problems
+
+        return self._db(q)
 
 
 @contextlib.contextmanager
@@ -383,9 +773,18 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        # A failed ROLLBACK (disk full, I/O error) must not hide the error that caused it; SQLite
+        # rolls back a hot journal the next time the database is opened.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _now_iso() -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError, UserError
-from .index import Hit, PageRecord, check_identity
+from .index import Hit, PageRecord, check_identity, decode_path, encode_path
 
 __all__ = ["QdrantStore"]
 
@@ -87,23 +87,43 @@ class QdrantStore:
         conds += [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in match.items()]
         return models.Filter(must=conds)
 
-    def has(self, content_hash: str) -> bool:
-        return self.client.count(self.collection, self._page_filter(content_hash=content_hash), exact=True).count > 0
+    def pages(self) -> list[dict[str, Any]]:
+        """Every stored page's identity (path, page, content hash), like ``Index.pages``."""
+        out, offset = [], None
+        while True:
+            points, offset = self.client.scroll(
+                self.collection, scroll_filter=self._page_filter(), limit=1024, offset=offset, with_payload=True
+            )
+            for pt in points:
+                pl = pt.payload
+                out.append({"path": decode_path(bytes.fromhex(pl["path_key"])), "page": pl["page"],
+                            "content_hash": pl["content_hash"]})  # fmt: skip
+            if offset is None:
+                return out
 
     def add_batch(self, records: Sequence[PageRecord]) -> int:
+        """Store ``records``: a page is (path, page); a path's pages in the batch replace its old ones."""
         from qdrant_client import models
 
         points, seen = [], set()
+        stored = {(p["path"], p["page"]): p["content_hash"] for p in self.pages()}
         for r in records:
-            if r.content_hash in seen or self.has(r.content_hash):
+            if r.embeddings is None:
+                raise StoreError("the qdrant store keeps no shared rows; encode every page")
+            if (r.path, r.page) in seen or stored.get((r.path, r.page)) == r.content_hash:
                 continue
-            seen.add(r.content_hash)
+            seen.add((r.path, r.page))
+            key = encode_path(r.path).hex()
             # Deterministic ids: re-adding the same page after a crash overwrites, never duplicates.
-            pid = str(uuid.uuid5(uuid.NAMESPACE_URL, r.content_hash))
-            payload = {"kind": "page", "path": r.path, "page": r.page, "content_hash": r.content_hash,
-                       "size": r.size, "added": time.time()}  # fmt: skip
+            pid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}#{r.page}"))
+            payload = {"kind": "page", "path": _display(r.path), "path_key": key, "page": r.page,
+                       "content_hash": r.content_hash, "size": r.size, "added": time.time()}  # fmt: skip
             vec = np.asarray(r.embeddings, dtype=np.float32).tolist()
             points.append(models.PointStruct(id=pid, vector=vec, payload=payload))
+        for key in {p.payload["path_key"] for p in points}:  # a changed file: drop its old pages first
+            keep = [models.HasIdCondition(has_id=[p.id for p in points if p.payload["path_key"] == key])]
+            flt = models.Filter(must=self._page_filter(path_key=key).must, must_not=keep)
+            self.client.delete(self.collection, models.FilterSelector(filter=flt), wait=True)
         if points:
             self.client.upsert(self.collection, points, wait=True)
         return len(points)
@@ -113,7 +133,7 @@ class QdrantStore:
 
         n = 0
         for p in paths:
-            flt = self._page_filter(path=p)
+            flt = self._page_filter(path_key=encode_path(p).hex())
             n += self.client.count(self.collection, flt, exact=True).count
             self.client.delete(self.collection, models.FilterSelector(filter=flt), wait=True)
         return n
@@ -139,3 +159,8 @@ class QdrantStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _display(path: str) -> str:
+    """A path as JSON can carry it: undecodable bytes shown as \\xNN (identity is in ``path_key``)."""
+    return encode_path(path).decode("utf-8", "backslashreplace")
