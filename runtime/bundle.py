@@ -117,11 +117,56 @@ def open_bundle(path: str | Path, precision: str | None = None, verify: bool = T
             f"{mpath}: bundle schema version {version!r}, this runtime reads version {SCHEMA_VERSION}; "
             "re-export the bundle with this version of collfm2-edge"
         )
-    for key in ("precisions", "files", "model", "source", "default_precision"):
-        if key not in manifest:
-            raise ModelFilesError(f"{mpath}: missing field {key!r}; the bundle is malformed")
+    _check_shape(mpath, manifest)
     bundle = Bundle(path, manifest)
     bundle.precision(precision)  # a clear error for a precision the bundle lacks
     if verify:
         bundle.verify(precision)
     return bundle
+
+
+# The model numbers the runtime computes with: each must be a positive integer.
+MODEL_INTS = ("image_token_id", "hidden_size", "dim", "max_num_patches", "tokens_per_tile", "position_grid",
+              "downsample_factor")  # fmt: skip
+
+
+def _check_shape(mpath: Path, m: dict[str, Any]) -> None:
+    """Valid JSON is not yet a manifest: refuse, naming the field, what the runtime would trip on."""
+
+    def bad(what: str) -> ModelFilesError:
+        return ModelFilesError(f"{mpath}: {what}; the bundle is malformed (re-export it)")
+
+    for key, kind in (("precisions", dict), ("files", dict), ("model", dict), ("source", dict),
+                      ("default_precision", str)):  # fmt: skip
+        if key not in m:
+            raise bad(f"missing field {key!r}")
+        if not isinstance(m[key], kind):
+            raise bad(f"field {key!r} is a {type(m[key]).__name__}, not a {kind.__name__}")
+    model = m["model"]
+    for key in MODEL_INTS:
+        v = model.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "image_token_id" else 1):
+            raise bad(f"model.{key} is {v!r}, not a positive integer")
+    buckets = model.get("patch_buckets", [model["max_num_patches"]])
+    if not isinstance(buckets, list) or not buckets or not all(isinstance(b, int) and b > 0 for b in buckets):
+        raise bad(f"model.patch_buckets is {buckets!r}, not a non-empty list of positive integers")
+    if not m["precisions"]:
+        raise bad("lists no precisions")
+    for name, entry in m["precisions"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("graphs"), dict):
+            raise bad(f"precisions.{name} has no graphs")
+        for graph in ("vision", "text"):
+            g = entry["graphs"].get(graph)
+            if not isinstance(g, dict) or not isinstance(g.get("file"), str):
+                raise bad(f"precisions.{name}.graphs.{graph} names no file")
+        emb = entry.get("embeddings")
+        if not isinstance(emb, dict) or not isinstance(emb.get("file"), str) or not isinstance(emb.get("shape"), list):
+            raise bad(f"precisions.{name}.embeddings names no file and shape")
+        if len(emb["shape"]) != 2 or emb["shape"][1] != model["hidden_size"]:
+            raise bad(f"precisions.{name}.embeddings.shape {emb['shape']} does not fit hidden_size "
+                      f"{model['hidden_size']}")  # fmt: skip
+        outputs = entry["graphs"]["text"].get("outputs")
+        if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
+            last = (outputs[0].get("shape") or [None])[-1]
+            if isinstance(last, int) and last != model["dim"]:
+                raise bad(f"model.dim {model['dim']} but the {name} text graph outputs {last}-d vectors")

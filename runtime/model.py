@@ -277,7 +277,12 @@ class ColLFM2:
             "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
             "attention_mask": np.asarray(attention_mask, dtype=np.int64),
         }
-        return np.asarray(self.sessions["text"].run(None, feeds)[0], dtype=np.float32)
+        out = np.asarray(self.sessions["text"].run(None, feeds)[0], dtype=np.float32)
+        if out.shape[-1] != self.dim:  # before a store records vectors of the wrong size
+            raise ModelFilesError(
+                f"{self.bundle.path}: the text graph gives {out.shape[-1]}-d vectors, the manifest says {self.dim}"
+            )
+        return out
 
     # -- public ---------------------------------------------------------------------------
 
