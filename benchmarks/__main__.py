@@ -150,10 +150,10 @@ def copy_bandwidth() -> float:
 
 
 def _inputs(processor: Any) -> tuple[dict[str, Any], dict[int, list[str]]]:
-    from export.validate import _query_of_length, synthetic_page
+    from export.grid import query_of_length, synthetic_page
 
     pages = {name: synthetic_page(h, w, seed=i) for i, (name, (h, w)) in enumerate(PAGES.items())}
-    queries = {n: [_query_of_length(processor, n + 1, seed=n)] for n in QUERY_TOKENS}  # + BOS
+    queries = {n: [query_of_length(processor, n + 1, seed=n)] for n in QUERY_TOKENS}  # + BOS
     return pages, queries
 
 

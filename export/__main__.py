@@ -72,7 +72,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
         help=f"onnx: comma-separated, from {', '.join(x.value for x in Precision)} (default: {DEFAULT_PRECISIONS}); "
         "the first is the bundle's default; int8-qdq is the TensorRT int8 input. trt: fp16 or int8",
     )
-    ox.add_argument("--validate", action="store_true", help="check every graph and the pipeline against PyTorch")
+    ox.add_argument(
+        "--validate",
+        action="store_true",
+        help="onnx: check every graph and the pipeline against "
+        "PyTorch; trt: check every engine against ONNX Runtime fp32 and refuse one that fails",
+    )
     ox.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 18 (default {DEFAULT_OPSET})")
     tr = p.add_argument_group("--target trt")
     tr.add_argument("--bundle", help="ONNX bundle to build engines from (engines go to BUNDLE/trt/PROFILE-PRECISION/)")
@@ -83,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
         "--trt-version",
         action="append",
         choices=sorted(TRT_VERSIONS),
-        help="parser version(s) to pre-flight against (default: all known)",
+        help="TensorRT release(s) to plan and pre-flight for, each with its build path (default: all known); "
+        "a real build always uses the installed one",
     )
     a = p.parse_args(argv)
     model_given = a.model is not None
@@ -96,12 +102,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
         if not a.bundle:
             if not (model_given and a.out):
                 p.error("--target trt needs --bundle DIR, or --model M --out DIR to export the bundle first")
-            # Export the graphs the engines need (fp32 for fp16 engines, int8-qdq for int8), then build.
-            source = "fp32" if a.precision == "fp16" else "fp32,int8-qdq"
+            # Export the graphs the engines need, then build: fp16 engines come from the fp32 graphs
+            # (TensorRT 8.x) or the fp16 ones (10.x, 11.x), int8 engines from int8-qdq; fp32 is
+            # also the reference --validate compares the engines with.
+            source = "fp32,fp16" if a.precision == "fp16" else "fp32,int8-qdq"
             onnx_cfg = OnnxConfig(a.model, a.out, parse_precisions(source), False, a.base, a.opset, a.force)
-            cfg = TrtConfig(a.out, a.precision, a.profile, a.workspace, a.timing_cache, versions, onnx_cfg)
+            cfg = TrtConfig(a.out, a.precision, a.profile, a.workspace, a.timing_cache, versions, onnx_cfg,
+                            a.validate)  # fmt: skip
             return cfg, a.dry_run
-        return TrtConfig(a.bundle, a.precision, a.profile, a.workspace, a.timing_cache, versions), a.dry_run
+        return TrtConfig(a.bundle, a.precision, a.profile, a.workspace, a.timing_cache, versions,
+                         validate=a.validate), a.dry_run  # fmt: skip
     if not a.out:
         p.error("--out is required")
     if a.model is None:

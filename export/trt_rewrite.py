@@ -106,9 +106,9 @@ def _decompose_layernorm(model: onnx.ModelProto) -> None:
 
 
 def prepare_for_trt(src: Path, dst_dir: Path, trt_version: str) -> Path:
-    """The graph TensorRT ``trt_version`` should parse: ``src`` itself for 10.x, else a rewritten
-    opset-17 copy in ``dst_dir`` (LayerNormalization decomposed for 8.5)."""
-    if trt_version.startswith("10"):
+    """The graph TensorRT ``trt_version`` should parse: ``src`` itself for 10.x and later, else a
+    rewritten opset-17 copy in ``dst_dir`` (LayerNormalization decomposed for 8.5)."""
+    if int(trt_version.split(".")[0]) >= 10:
         return src
     model = onnx.load(str(src))
     _to_opset17(model)

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from runtime import ColLFM2, ColLFM2Processor
 from runtime.image import position_weights, unshuffle_index
 from runtime.model import merge_image_tokens
 from runtime.parity import Fidelity, compare, fidelity_report
 
+from .grid import synthetic_page, validation_inputs
 from .recipes import Gate
 from .reference import ColLFM2Reference
 
@@ -39,83 +40,6 @@ __all__ = [
     "validation_inputs",
     "write_selftest_probe",
 ]
-
-# Query lengths of the validation batch, in ids with BOS (so 1..63 text tokens; an empty query
-# is refused by the processor).
-QUERY_LENGTHS = (2, 3, 8, 21, 64)
-_WORDS = [
-    "quarterly",
-    "revenue",
-    "table",
-    "invoice",
-    "total",
-    "amount",
-    "due",
-    "contents",
-    "methods",
-    "results",
-    "discussion",
-    "chart",
-    "figure",
-    "shipping",
-    "address",
-    "signature",
-    "date",
-    "page",
-    "annex",
-    "summary",
-    "appendix",
-    "balance",
-    "sheet",
-    "cash",
-    "flow",
-    "net",
-    "income",
-]
-
-
-def synthetic_page(height: int, width: int, seed: int = 0) -> Image.Image:
-    """A page-like RGB image: paper, dark text-like strokes, a coloured box, scanner noise."""
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (width, height), (246, 244, 238))
-    draw = ImageDraw.Draw(img)
-    y = max(8, height // 20)
-    while y < height - 12:
-        x = max(6, width // 16)
-        while x < width - 20:
-            w = int(rng.integers(8, max(10, width // 8)))
-            draw.rectangle([x, y, min(x + w, width - 6), y + max(3, height // 120)], fill=(30, 30, 40))
-            x += w + int(rng.integers(4, 14))
-        y += max(10, height // 30)
-    draw.rectangle([width // 2, height // 3, width // 2 + width // 5, height // 3 + height // 8], fill=(200, 60, 40))
-    arr = np.asarray(img).astype(np.int16) + rng.integers(-5, 6, (height, width, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def _query_of_length(processor: ColLFM2Processor, n_tokens: int, seed: int) -> str:
-    """A query whose ids (BOS included) number exactly ``n_tokens`` (>= 2), when the tokenizer
-    allows it (else the nearest length above)."""
-    rng = np.random.default_rng(seed)
-
-    def count(t: str) -> int:
-        return len(processor.tokenizer.query_ids(t, processor.max_query_tokens))
-
-    text = str(rng.choice(_WORDS))
-    while count(text) < n_tokens:
-        text += " " + str(rng.choice(_WORDS))
-    while len(text) > 1 and count(text[:-1].rstrip() or text) >= n_tokens and count(text) > n_tokens:
-        text = text[:-1].rstrip()
-    return text
-
-
-def validation_inputs(processor: ColLFM2Processor) -> tuple[dict[str, Image.Image], list[str]]:
-    pages = {
-        "tile-512x512": synthetic_page(512, 512, seed=1),
-        "tile-26x36": synthetic_page(26 * 16, 36 * 16, seed=2),
-        "a4-150dpi": synthetic_page(1754, 1240, seed=3),
-    }
-    queries = [_query_of_length(processor, n, seed=n) for n in QUERY_LENGTHS]
-    return pages, queries
 
 
 def calibration_inputs(processor: ColLFM2Processor) -> tuple[dict[str, Image.Image], list[str]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import Bundle, open_bundle
+from .bundle import SHARED, Bundle, open_bundle
 from .errors import InputError, ModelFilesError, UserError
 from .image import position_weights, unshuffle_index
 
@@ -131,8 +131,21 @@ class ColLFM2:
         except ImportError as exc:  # pragma: no cover - a base dependency
             raise UserError("onnxruntime is not installed: pip install onnxruntime") from exc
         self.bundle = bundle
-        self.precision = precision or default_precision(backend, bundle.precisions, int8_methods=bundle.methods("int8"))
-        entry = bundle.precision(self.precision)
+        self.engines: dict[str, Any] | None = None  # the engine set's engines.json (trt backend)
+        if backend == "trt":
+            from .trt_runner import load_engines
+
+            # The engines decide what runs: the precision an index records names the engine set
+            # (and its manifest's hash), the embedding table is that of the graphs they came from.
+            wanted = precision[4:].split("@")[0] if precision and precision.startswith("trt/") else None
+            self._trt_sessions, self.engines = load_engines(bundle.path, wanted)
+            self.precision = f"trt/{self.engines['dir']}@{self.engines['sha256'][:12]}"
+            entry = bundle.precision(self.engines.get("source_precision", "fp32"))
+        else:
+            self.precision = precision or default_precision(
+                backend, bundle.precisions, int8_methods=bundle.methods("int8")
+            )
+            entry = bundle.precision(self.precision)
         m = bundle.model
         self.image_token_id = int(m["image_token_id"])
         self.hidden_size = int(m["hidden_size"])
@@ -147,9 +160,7 @@ class ColLFM2:
 
         self.sessions: dict[str, Any] = {}
         if backend == "trt":
-            from .trt_runner import load_engines
-
-            self.sessions, _ = load_engines(bundle.path)
+            self.sessions = self._trt_sessions
         else:
             options = ort.SessionOptions()
             # Memory, measured with benchmarks/bench_rss.py on the full model (2-core VM): ORT's CPU
@@ -211,9 +222,14 @@ class ColLFM2:
         ``output_dtype="float16"`` halves what an index stores; scoring accumulates in fp32 anyway.
         ``backend``: ``ort-cpu`` (default), ``ort-cuda``, ``ort-trt`` (ONNX Runtime providers) or ``trt``
         (native engines from ``python -m export --target trt``). Without ``precision``, each backend
-        picks its own (``default_precision``).
+        picks its own (``default_precision``); with ``trt``, ``precision`` may name an engine set
+        (``"trt/orin-nano-fp16"``) when the bundle holds several.
         """
         bundle = open_bundle(Path(path), verify=False)  # the precision may depend on what it holds
+        if backend == "trt":  # engines are checked by their own sha256 as they load
+            if verify:
+                bundle.verify_files(list(SHARED))
+            return cls(bundle, precision, providers, threads, vision_batch, output_dtype, backend)
         precision = precision or default_precision(backend, bundle.precisions, int8_methods=bundle.methods("int8"))
         bundle.precision(precision)  # a clear error for a precision the bundle lacks
         if verify:

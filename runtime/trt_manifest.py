@@ -3,7 +3,8 @@
 A serialized engine is tied to the TensorRT version (major.minor.patch) and the GPU's compute
 capability it was built for; loading it elsewhere fails deep inside TensorRT or, worse, is
 undefined. ``check_engine`` compares an engine manifest with what this device has and refuses
-with the reason. Importable without tensorrt or CUDA.
+with the reason (``trt_runner.compute_capability`` reads the GPU's). Importable without
+tensorrt or CUDA.
 """
 
 from __future__ import annotations
@@ -12,25 +13,9 @@ from typing import Any
 
 from .errors import ModelFilesError
 
-__all__ = ["ENGINE_SCHEMA_VERSION", "check_engine", "current_compute_capability"]
+__all__ = ["ENGINE_SCHEMA_VERSION", "check_engine"]
 
-ENGINE_SCHEMA_VERSION = 1
-
-
-def current_compute_capability() -> str | None:
-    """``"8.7"`` (Orin) etc. from the CUDA driver via cuda-python, or None when it cannot tell."""
-    try:
-        from cuda import cuda  # cuda-python, the runtime's TensorRT companion
-
-        err, dev = cuda.cuDeviceGet(0)
-        if err != cuda.CUresult.CUDA_SUCCESS:
-            return None
-        attr = cuda.CUdevice_attribute
-        _, major = cuda.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
-        _, minor = cuda.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
-        return f"{major}.{minor}"
-    except Exception:
-        return None
+ENGINE_SCHEMA_VERSION = 2
 
 
 def check_engine(manifest: dict[str, Any], trt_version: str, compute_capability: str | None) -> None:

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from export.trt import DEVICE_PROFILES, TRT_VERSIONS, TrtConfig, plan_and_check, plan_engines, preflight
+from export.trt import DEVICE_PROFILES, TRT_VERSIONS, TrtConfig, build_path, plan_and_check, plan_engines, preflight
 from export.trt_rewrite import prepare_for_trt
 from runtime import ModelFilesError, open_bundle
 from runtime.image import position_weights, unshuffle_index
@@ -32,11 +32,14 @@ def test_dry_run_plan_per_profile(tiny_bundle: Path, profile: str) -> None:
     out = res.stdout
     assert "vision.engine <- int8-qdq/vision.onnx" in out and "text.engine <- int8-qdq/text.onnx" in out
     for version in TRT_VERSIONS:
-        assert out.count(f"pre-flight TensorRT {version}") == 2
+        assert out.count(f"pre-flight TensorRT {version} ") + out.count(f"pre-flight TensorRT {version}:") == 2
+        assert f"TensorRT {version} ({TRT_VERSIONS[version].where}): {build_path(version).name} build" in out
     p = DEVICE_PROFILES[profile]
-    specs = plan_engines(tiny_bundle, open_bundle(tiny_bundle, verify=False).manifest, "fp16", profile)
+    manifest = open_bundle(tiny_bundle, verify=False).manifest
+    assert plan_engines(tiny_bundle, manifest, "fp16", profile, "8.6")[0].onnx == "fp32/vision.onnx"
+    specs = plan_engines(tiny_bundle, manifest, "fp16", profile, "10.3")
     vision, text = specs
-    assert vision.onnx == "fp32/vision.onnx" and [s[0] for s in vision.profiles[0]["pixel_values"]] == list(
+    assert vision.onnx == "fp16/vision.onnx" and [s[0] for s in vision.profiles[0]["pixel_values"]] == list(
         p.vision_batch
     )
     query, doc = text.profiles
@@ -47,8 +50,13 @@ def test_dry_run_plan_per_profile(tiny_bundle: Path, profile: str) -> None:
 def test_plan_needs_the_right_graphs(tiny_bundle: Path, tmp_path: Path) -> None:
     manifest = open_bundle(tiny_bundle, verify=False).manifest
     trimmed = {**manifest, "precisions": {"fp32": manifest["precisions"]["fp32"]}}
-    with pytest.raises(ValueError, match="no int8-qdq graphs"):
+    with pytest.raises(
+        ValueError, match=r"int8-qdq graphs, which the bundle lacks; export with --precision \.\.\.,int8-qdq"
+    ):
         plan_engines(tiny_bundle, trimmed, "int8", "orin-nano")
+    with pytest.raises(ValueError, match=r"TensorRT 10\.3 \(strongly typed\) builds fp16 engines from the fp16 graphs"):
+        plan_engines(tiny_bundle, trimmed, "fp16", "orin-nano", "10.3")
+    assert plan_engines(tiny_bundle, trimmed, "fp16", "orin-nano", "8.6")[0].source_precision == "fp32"
     with pytest.raises(ValueError, match="unknown profile"):
         plan_engines(tiny_bundle, manifest, "fp16", "pi5")
     res = _cli("--target", "trt", "--dry-run")
@@ -57,12 +65,14 @@ def test_plan_needs_the_right_graphs(tiny_bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "int8-qdq"])
 def test_exported_graphs_pass_preflight_on_every_version(tiny_bundle: Path, tmp_path: Path, precision: str) -> None:
-    specs, _ = plan_and_check(
+    plans, _ = plan_and_check(
         TrtConfig(str(tiny_bundle), "fp16" if precision == "fp32" else "int8", "desktop"), tmp_path
     )
-    for spec in specs:
-        errors = [str(p) for p in spec.problems if p.severity == "error"]
-        assert not errors, errors
+    assert set(plans) == set(TRT_VERSIONS)
+    for specs in plans.values():
+        for spec in specs:
+            errors = [str(p) for p in spec.problems if p.severity == "error"]
+            assert not errors, errors
     # Without the rewrite, TensorRT 8.x would refuse the opset-18 graphs: the check does see that.
     raw = preflight(tiny_bundle / precision / "vision.onnx", "vision", "8.5")
     assert any("opset 18 > 17" in p.message for p in raw)
@@ -165,7 +175,7 @@ def test_engine_planning_needs_no_torch(tiny_bundle: Path) -> None:
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "(dry run: nothing built)" in res.stdout
+    assert "(dry run: nothing built; no TensorRT installed here)" in res.stdout
 
 
 def test_device_estimates_schema(tiny_bundle: Path) -> None:
