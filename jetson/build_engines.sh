@@ -22,7 +22,7 @@ fi
 trap '[ -f /tmp/collfm2-clocks.conf ] && sudo jetson_clocks --restore /tmp/collfm2-clocks.conf || true' EXIT
 
 "$PY" -m export --target trt --bundle "$BUNDLE" --profile "$PROFILE" --precision "$PRECISION" \
-  --trt-version "$("$PY" -c 'import tensorrt as t; v=t.__version__; print("10.1" if int(v.split(".")[0]) >= 10 else v[:3])')" \
+  --trt-version "$("$PY" -c 'import tensorrt as t; from export.trt import release_for; print(release_for(t.__version__))')" \
   --dry-run
 "$PY" -m export --target trt --bundle "$BUNDLE" --profile "$PROFILE" --precision "$PRECISION" \
   --timing-cache "$BUNDLE/trt/timing.cache"

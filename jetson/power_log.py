@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["parse_line", "summarize"]
+__all__ = ["Sampler", "parse_line", "summarize"]
 
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
 _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)MB")
@@ -83,6 +83,46 @@ def summarize(samples: list[dict[str, Any]], seconds: float, interval_ms: int) -
     return out
 
 
+class Sampler:
+    """``with Sampler(200) as s: ...`` samples tegrastats meanwhile; ``s.summary()`` afterwards.
+    Without tegrastats (not a Jetson) it samples nothing and the power figures are None."""
+
+    def __init__(self, interval_ms: int = 200) -> None:
+        self.interval_ms = interval_ms
+        self.samples: list[dict[str, Any]] = []
+        self._proc: subprocess.Popen | None = None
+        self._t0 = self._t1 = 0.0
+
+    def __enter__(self) -> Sampler:
+        if shutil.which("tegrastats") is not None:
+            self._proc = subprocess.Popen(["tegrastats", "--interval", str(self.interval_ms)],
+                                          stdout=subprocess.PIPE, text=True)  # fmt: skip
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+        self._t0 = time.time()
+        return self
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:  # type: ignore[union-attr]
+            if (s := parse_line(line)) is not None:
+                s["t"] = time.time()
+                self.samples.append(s)
+
+    def __exit__(self, *exc: object) -> None:
+        self._t1 = time.time()
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=5)
+            self._reader.join(timeout=2)
+
+    @property
+    def during(self) -> list[dict[str, Any]]:
+        return [s for s in self.samples if self._t0 <= s["t"] <= self._t1]
+
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.during, self._t1 - self._t0, self.interval_ms)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--interval", type=int, default=200, help="tegrastats interval in ms")
@@ -95,25 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("tegrastats") is None:
         print("error: tegrastats not found (this runs on a Jetson)", file=sys.stderr)
         return 2
-    stats = subprocess.Popen(["tegrastats", "--interval", str(a.interval)], stdout=subprocess.PIPE, text=True)
-    samples: list[dict[str, Any]] = []
-
-    def read() -> None:
-        for line in stats.stdout:  # type: ignore[union-attr]
-            if (s := parse_line(line)) is not None:
-                s["t"] = time.time()
-                samples.append(s)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    t0 = time.time()
-    rc = subprocess.call(cmd)
-    secs = time.time() - t0
-    stats.terminate()
-    stats.wait(timeout=5)
-    reader.join(timeout=2)
-    during = [s for s in samples if t0 <= s["t"] <= t0 + secs]
-    summary = {"command": cmd, "returncode": rc, **summarize(during, secs, a.interval)}
+    with Sampler(a.interval) as sampler:
+        rc = subprocess.call(cmd)
+    during = sampler.during
+    summary = {"command": cmd, "returncode": rc, **sampler.summary()}
     with open(a.out, "w") as f:
         json.dump({"summary": summary, "samples": during}, f, indent=1)
     print(json.dumps(summary, indent=2))

@@ -22,7 +22,12 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v qemu-x86_64 >/dev/null |
 fi
 if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
   rm -rf "$ROOT"
-  debootstrap --arch=arm64 --variant=minbase --foreign --include=python3 bookworm "$ROOT" http://deb.debian.org/debian
+  echo "qemu_setup: debootstrapping an arm64 Debian with python3 into $ROOT (log: $DIR/debootstrap.log)"
+  if ! debootstrap --arch=arm64 --variant=minbase --foreign --include=python3 bookworm "$ROOT" \
+      http://deb.debian.org/debian >"$DIR/debootstrap.log" 2>&1; then
+    tail -20 "$DIR/debootstrap.log" >&2
+    exit 1
+  fi
   # --foreign only unpacks the base; unpack the downloaded Python packages too (no second stage is
   # needed to run one binary with qemu -L).
   for f in "$ROOT"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$f" "$ROOT"; done
@@ -37,7 +42,7 @@ PYEOF
 )
 rm -rf "$SITE.tmp"
 # shellcheck disable=SC2086
-"$PY" -m pip install -q --target "$SITE.tmp" --only-binary=:all: --python-version 3.11 --implementation cp \
+"$PY" -m pip install -q --no-warn-conflicts --target "$SITE.tmp" --only-binary=:all: --python-version 3.11 --implementation cp \
   --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 -c "$HERE/constraints.txt" $DEPS
 rm -rf "$SITE" && mv "$SITE.tmp" "$SITE"
 "$HERE/jetson/qemu_run.sh" "$DIR" -c "import platform, numpy, onnxruntime; print('qemu-aarch64:', platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__)"

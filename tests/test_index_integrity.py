@@ -528,11 +528,14 @@ im = Image.new("1", (13300, 13300), 1)
 ImageDraw.Draw(im).rectangle([100, 100, 5000, 5000], fill=0)
 im.save(sys.argv[1], compression="group4")
 """
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak (this pytest process) across exec into
+    # ru_maxrss, while VmHWM belongs to the new address space alone.
     decode = """
-import resource, sys
+import re, sys
 from runtime.image import decode_image
 a = decode_image(sys.argv[1])
-print(a.shape, a[0, 0].tolist(), a[200, 200].tolist(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+print(a.shape, a[0, 0].tolist(), a[200, 200].tolist(), hwm // 1024)
 """
     assert subprocess.run([sys.executable, "-c", make, str(tmp_path / "g4.tif")]).returncode == 0
     res = subprocess.run([sys.executable, "-c", decode, str(tmp_path / "g4.tif")], capture_output=True, text=True)
