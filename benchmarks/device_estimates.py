@@ -26,10 +26,10 @@ No board ran these. Each figure is
   to FP16 peak is about the same on Orin Nano (68 GB/s : 10 TFLOPS) as on A100 (1.6 TB/s : 312),
   so the same fractions are used. For ONNX Runtime on the Pi the factor is this project's own
   measurement on x86 (ORT reached 89 % of the GEMM peak measured in the same run on a page,
-  issue 7), times an assumed 70 % for GEMM peak over theoretical peak on the A76 (MLAS NEON
-  kernels; not measured on a Pi): 0.6 for fp32. int8 on the Pi uses the int8 recipe; its
-  efficiency is assumed equal to fp32's (ORT's dynamic int8 did not beat fp32 on x86 without VNNI,
-  so this is the optimistic side).
+  benchmarks/results/bench-random-2cpu.md), times an assumed 70 % for GEMM peak over
+  theoretical peak on the A76 (MLAS NEON kernels; not measured on a Pi): 0.6 for fp32. int8
+  on the Pi uses the int8 recipe; its efficiency is assumed equal to fp32's (the optimistic
+  side: docs/cpu-classes.md has what int8 measured on x86).
 
 [1] NVIDIA Jetson Orin module data sheets / developer.nvidia.com/embedded/jetson-modules (sparse INT8 TOPS).
 [2] E. Liu, "Why your Jetson Orin Nano's 40 TOPS goes unused", 2025 (40 TOPS INT8, 10 TFLOPS FP16, 68 GB/s).

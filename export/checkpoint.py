@@ -1,6 +1,6 @@
 """Load and write ColLFM2 checkpoints in the layout sauerkrautlm-colpali 0.1.0 publishes.
 
-Layout (``shared/docs/checkpoint-layout.md``)::
+Layout (``docs/checkpoint-layout.md``)::
 
     config.json              {"model_type": "collfm2", "base_model": "LiquidAI/LFM2-VL-450M", ...}
     model.safetensors        the whole model, bf16: model.vision_tower.*, model.multi_modal_projector.*,

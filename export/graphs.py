@@ -1,6 +1,6 @@
 """The two exported graphs, as torch modules over the reference model's own submodules.
 
-The split is reference doc section 7. Everything data-dependent in upstream's forward (position
+The split is docs/reference.md §7. Everything data-dependent in upstream's forward (position
 interpolation sizes, per-image unpadding, the ``<image>`` scatter) moves to numpy in the runtime,
 so both graphs are static apart from their batch and sequence axes:
 
@@ -105,7 +105,7 @@ def attention(model: ColLFM2Reference, implementation: str) -> Iterator[None]:
     Export traces ``EXPORT_ATTENTION`` (eager's arithmetic, a group of heads at a time): plain
     MatMul/Softmax with our additive mask and transformers' fp32 softmax, which the fp16 recipe
     relies on. SDPA would export a fused pattern whose handling of fully padded rows differs
-    (reference doc section 6.6). The reference keeps SDPA.
+    (docs/reference.md §6.6). The reference keeps SDPA.
     """
     configs = (model.config, model.config.text_config, model.config.vision_config)
     saved = [c._attn_implementation for c in configs]
@@ -166,7 +166,7 @@ class TextGraph(nn.Module):
         s = inputs_embeds.shape[1]
         keep = attention_mask.to(inputs_embeds.dtype)  # [B, S]
         # Causal + key-padding mask built here, so transformers' mask factory (and its batch-1 or
-        # all-ones shortcuts, reference doc section 6.5) never sees the trace.
+        # all-ones shortcuts, docs/reference.md §6.5) never sees the trace.
         causal = torch.ones(s, s, dtype=torch.bool, device=keep.device).tril()
         allowed = causal[None, None] & (keep[:, None, None, :] > 0)  # [B, 1, S, S]
         additive = torch.where(allowed, 0.0, MASK_VALUE).to(inputs_embeds.dtype)

@@ -116,7 +116,7 @@ def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) 
 
 
 def _examples(model: Any) -> dict[str, tuple]:
-    """Trace inputs: batch 2 and sequence >= 2, so no axis specialises to 1 (reference doc 6.5)."""
+    """Trace inputs: batch 2 and sequence >= 2, so no axis specialises to 1 (docs/reference.md §6.5)."""
     import torch
 
     from runtime.image import position_weights, unshuffle_index

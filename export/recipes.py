@@ -2,7 +2,7 @@
 
 Every precision derives from the one fp32 ONNX export of each graph by a list of candidate
 *methods*. The fidelity gate tries them in order per graph and keeps the first that passes
-(reference doc section 6.8: activation quantisation is the fast path but risky for the SigLIP
+(docs/reference.md §6.8: activation quantisation is the fast path but risky for the SigLIP
 tower), else the last one, marked as failing. The manifest records which method each graph got
 and why. Method implementations live in ``export.quantize``; nothing here runs.
 """

@@ -1,7 +1,7 @@
 """The PyTorch reference: transformers' own LFM2-VL plus ColLFM2's 128-d head.
 
 This is the ground truth of every parity test. It computes what sauerkrautlm-colpali's
-``ColLFM2.forward`` computes (reference doc section 2)::
+``ColLFM2.forward`` computes (docs/reference.md §2)::
 
     h = Lfm2VlModel(...).last_hidden_state       # [B, L, 1024], after the final RMSNorm
     e = custom_text_proj(h)                      # Linear(1024 -> 128, bias)
@@ -10,7 +10,7 @@ This is the ground truth of every parity test. It computes what sauerkrautlm-col
 
 with one deliberate difference: a padded row is set to exactly 0. Upstream divides by the norm
 first, and with SDPA a fully masked (left-padded) row can come out of the backbone as 0, so 0/0
-gives NaN and NaN * 0 stays NaN (reference doc section 6.6). Real rows are untouched.
+gives NaN and NaN * 0 stays NaN (docs/reference.md §6.6). Real rows are untouched.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 # LFM2's short conv warns once per process that the optional CUDA `causal_conv1d` kernel is
 # missing and it uses the PyTorch implementation. That implementation is the one we want as the
-# reference (reference doc section 6.5), so the warning is noise here.
+# reference (docs/reference.md §6.5), so the warning is noise here.
 hf_logging.get_logger("transformers.integrations.hub_kernels").setLevel(hf_logging.ERROR)
 
 __all__ = ["HEAD_DIM", "ColLFM2Reference", "build_config", "pick_device"]

@@ -1,7 +1,7 @@
 """A synthetic LFM2-VL tokenizer for the random presets, built with ``tokenizers``.
 
 Real checkpoints bring their own ``tokenizer.json``; presets have none, so we build a byte-level
-BPE whose special tokens sit at the real ids (reference doc section 1):
+BPE whose special tokens sit at the real ids (docs/reference.md §1):
 
 =====================  ======  ====================================================
 token                  id      source

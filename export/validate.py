@@ -1,6 +1,6 @@
 """Validation against the PyTorch reference: the grid, the reference outputs, and the checks.
 
-The grid (issue 4): one 512x512 tile, one 26x36-patch tile, a tiled A4 page with thumbnail, and
+The grid (`export.grid`): one 512x512 tile, one 26x36-patch tile, a tiled A4 page with thumbnail, and
 a left-padded batch of queries of 1..64 tokens (plus one padded query alone, the batch-1 case
 where transformers 4.57 dropped the conv padding mask). Reference outputs come from transformers'
 own modules with their own masking (SDPA), not from our export wrappers, so a wrapper bug shows.
@@ -23,7 +23,7 @@ from PIL import Image
 
 from runtime import ColLFM2, ColLFM2Processor
 from runtime.image import position_weights, unshuffle_index
-from runtime.model import merge_image_tokens
+from runtime.model import merge_image_tokens, real_rows
 from runtime.parity import Fidelity, compare, fidelity_report
 
 from .grid import synthetic_page, validation_inputs
@@ -211,12 +211,9 @@ def pipeline_report(model: ColLFM2, ref: ReferenceSet, gate: Gate) -> dict[str, 
     """Whole runtime pipeline (ORT CPU) vs the reference: embeddings, MaxSim and ranking."""
     pages, refs = [], []
     for name, batch in ref.page_batches.items():
-        emb = model.encode(batch)
-        pages.append(emb[0][batch["attention_mask"][0] > 0])
+        pages += real_rows(model.encode(batch), batch["attention_mask"])
         refs.append(ref.page_embeddings[name])
-    qemb = model.encode(ref.query_batch)
-    qmask = ref.query_batch["attention_mask"] > 0
-    queries = [qemb[i][qmask[i]] for i in range(qemb.shape[0])]
+    queries = real_rows(model.encode(ref.query_batch), ref.query_batch["attention_mask"])
     return fidelity_report(refs, ref.query_embeddings, pages, queries, gate)
 
 

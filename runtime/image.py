@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DECODE_MODES, PreprocessConfig
-from .errors import ImageError
+from .errors import ImageError, InputError
 from .resize import resize_values_many
 
 __all__ = [
@@ -58,7 +58,7 @@ def decode_image(source: ImageSource, mode: str = "corrected", name: str | None 
     the source is bytes or a rendered page).
     """
     if mode not in DECODE_MODES:
-        raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
+        raise InputError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
     name = name or describe_source(source)
     if isinstance(source, np.ndarray):
         return _from_array(source, name)
@@ -403,7 +403,7 @@ def normalize_patchify(unit: np.ndarray, cfg: PreprocessConfig, out: np.ndarray)
 
 
 # ---------------------------------------------------------------------------------------------
-# Arrays the exported vision graph takes instead of data-dependent ops (reference doc section 7).
+# Arrays the exported vision graph takes instead of data-dependent ops (docs/reference.md §7).
 
 
 @lru_cache(maxsize=64)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .scoring import score
 
 __all__ = ["Fidelity", "Gate", "compare", "fidelity_report", "maxsim_rel_error", "topk_agreement"]
@@ -56,9 +57,9 @@ def compare(reference: ArrayOrList, candidate: ArrayOrList, mask: np.ndarray | N
     """
     ref, cand = _rows(reference, mask), _rows(candidate, mask)
     if ref.shape != cand.shape:
-        raise ValueError(f"shape mismatch: reference {ref.shape}, candidate {cand.shape}")
+        raise InputError(f"shape mismatch: reference {ref.shape}, candidate {cand.shape}")
     if ref.shape[0] == 0:
-        raise ValueError("no rows to compare")
+        raise InputError("no rows to compare")
     dot = np.einsum("nd,nd->n", ref, cand)
     nr, nc = np.linalg.norm(ref, axis=1), np.linalg.norm(cand, axis=1)
     both_zero = (nr == 0) & (nc == 0)

@@ -60,7 +60,7 @@ class ColLFM2Processor:
         max_query_tokens: int = MAX_QUERY_TOKENS,
     ) -> None:
         if decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+            raise InputError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         self.tokenizer = tokenizer
         self.config = config
         self.decode = decode
@@ -85,12 +85,12 @@ class ColLFM2Processor:
         if not path.is_dir():
             raise ModelFilesError(f"{path}: not a directory (expected a ColLFM2 checkpoint or bundle)")
         if tile_labels not in TILE_LABEL_ORDERS:
-            raise ValueError(f"tile_labels must be one of {TILE_LABEL_ORDERS}, got {tile_labels!r}")
+            raise InputError(f"tile_labels must be one of {TILE_LABEL_ORDERS}, got {tile_labels!r}")
         config = PreprocessConfig.from_dir(path)
         if overrides:
             unknown = sorted(set(overrides) - set(config.__dict__))
             if unknown:
-                raise TypeError(f"unknown preprocessor option(s): {', '.join(unknown)}")
+                raise InputError(f"unknown preprocessor option(s): {', '.join(unknown)}")
             config = PreprocessConfig.from_dict({**config.__dict__, **overrides})
         return cls(TextTokenizer.from_dir(path, tile_labels=tile_labels), config, decode=decode)
 

@@ -6,7 +6,7 @@ AVX2 and aarch64 runs ``aten::_upsample_bilinear2d_aa`` on the uint8 tensor dire
 is a separable triangle filter with per-axis fixed-point int16 weights whose precision depends on
 the axis' largest weight. PIL's resize uses a fixed 22-bit precision and so differs by +-1 on a
 few percent of values; hence this port. Section numbers refer to
-``shared/docs/uint8-antialias-resize.md``:
+``docs/resize.md``:
 
 * per axis: ``scale = in/out``, ``support = max(scale, 1)``, window ``[xmin, xmin + xsize)``,
   float64 triangle weights normalised by a left-to-right sum (sections 2-3);
@@ -35,6 +35,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .errors import InputError
 from .workers import parallel_map, single_threaded_blas, split_range
 
 __all__ = ["axis_weights", "release_scratch", "resize_uint8", "resize_uint8_many", "resize_values_many"]
@@ -223,10 +224,10 @@ def resize_values_many(image: np.ndarray, sizes: list[tuple[int, int]], reuse_ou
     until the next call in the same thread (the processor consumes them at once).
     """
     if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"resize_uint8 expects an HxWxC uint8 array, got {image.dtype} {image.shape}")
+        raise InputError(f"resize_uint8 expects an HxWxC uint8 array, got {image.dtype} {image.shape}")
     for height, width in sizes:
         if height < 1 or width < 1:
-            raise ValueError(f"target size must be positive, got {height}x{width}")
+            raise InputError(f"target size must be positive, got {height}x{width}")
     with single_threaded_blas():
         return _resize_values_many(image, sizes, reuse_output)
 

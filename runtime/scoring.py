@@ -1,4 +1,4 @@
-"""Exact MaxSim in numpy (reference doc section 5).
+"""Exact MaxSim in numpy (docs/reference.md §5).
 
 ``score(q, d) = sum over real query rows of max over real document rows of <q_i, d_j>``,
 accumulated in float32. Inputs are lists of per-item ``[n, dim]`` arrays, or padded batches
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .workers import shared_pool
 
 __all__ = ["as_item_list", "run_max", "score", "score_packed"]
@@ -92,17 +93,17 @@ def as_item_list(x: ArrayOrList, name: str) -> list[np.ndarray]:
         elif x.ndim == 3:
             items = [row[np.any(row != 0, axis=-1)] for row in x]
         else:
-            raise ValueError(f"{name}: expected [B, L, dim] or a list of [n, dim], got shape {x.shape}")
+            raise InputError(f"{name}: expected [B, L, dim] or a list of [n, dim], got shape {x.shape}")
     else:
         items = [np.asarray(v) for v in x]
     out = []
     for i, v in enumerate(items):
         if v.ndim != 2:
-            raise ValueError(f"{name}[{i}]: expected a 2-D [n, dim] array, got shape {v.shape}")
+            raise InputError(f"{name}[{i}]: expected a 2-D [n, dim] array, got shape {v.shape}")
         out.append(v)
     dims = {v.shape[1] for v in out}
     if len(dims) > 1:
-        raise ValueError(f"{name}: items have different embedding dims {sorted(dims)}")
+        raise InputError(f"{name}: items have different embedding dims {sorted(dims)}")
     return out
 
 
@@ -119,14 +120,14 @@ def score(
     kernel, block by block.
     """
     if mode not in ("exact", "reference"):
-        raise ValueError(f"mode must be 'exact' or 'reference', got {mode!r}")
+        raise InputError(f"mode must be 'exact' or 'reference', got {mode!r}")
     qs = as_item_list(queries, "queries")
     ds = as_item_list(documents, "documents")
     out = np.zeros((len(qs), len(ds)), dtype=np.float32)
     if not qs or not ds:
         return out
     if qs[0].shape[1] != ds[0].shape[1]:
-        raise ValueError(f"query dim {qs[0].shape[1]} != document dim {ds[0].shape[1]}")
+        raise InputError(f"query dim {qs[0].shape[1]} != document dim {ds[0].shape[1]}")
     clamp = mode == "reference" and len({len(d) for d in ds}) > 1
     spans, start = [], 0
     while start < len(ds):

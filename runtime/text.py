@@ -1,6 +1,6 @@
 """Token ids for documents and queries, with the ``tokenizers`` library only.
 
-Documents (reference doc section 4) use the upstream visual prompt with no BOS, and each
+Documents (docs/reference.md §4) use the upstream visual prompt with no BOS, and each
 ``<image>`` expanded per unit::
 
     <|im_start|>user\\n<|image_start|>
@@ -109,7 +109,7 @@ class TextTokenizer:
         ids = [self.ids["image_start"]]
         if plan.tiled and (plan.grid_rows > 1 or plan.grid_cols > 1):
             # transformers 4.57 swapped rows and cols when labelling; 5.x fixed it. Same pixels,
-            # same tile order; only the label tokens differ (reference doc section 0).
+            # same tile order; only the label tokens differ (docs/reference.md §0).
             rows, cols = (
                 (plan.grid_rows, plan.grid_cols) if self.tile_labels == "5.x" else (plan.grid_cols, plan.grid_rows)
             )

@@ -96,7 +96,10 @@ def test_cmyk(tmp_path: Path, proc: ColLFM2Processor) -> None:
     path = _save(Image.new("CMYK", (300, 200), (0, 0, 0, 255)), tmp_path / "cmyk.jpg")
     arr = decode_image(path)
     assert arr.shape == (200, 300, 3) and arr.max() < 30  # black stays black
-    proc.process_images([path])
+    out = proc.process_images([path])
+    real = out["pixel_values"][0][out["pixel_attention_mask"][0] > 0]
+    lo = (0 / 255 - np.asarray(proc.config.image_mean)) / np.asarray(proc.config.image_std)
+    assert real.size and np.abs(real.reshape(-1, 3) - lo).max() < 30 / 255 / min(proc.config.image_std)
 
 
 def test_palette_with_transparency_composites_on_white(tmp_path: Path) -> None:
@@ -154,7 +157,11 @@ def test_failed_image_names_itself_in_a_batch(tmp_path: Path, proc: ColLFM2Proce
 
 
 def test_array_inputs(proc: ColLFM2Processor) -> None:
-    proc.process_images([np.zeros((40, 50, 3), np.uint8), np.zeros((40, 50), np.uint8)])
+    grey = np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8)
+    out = proc.process_images([np.repeat(grey[:, :, None], 3, axis=2), grey])
+    for key in ("pixel_values", "pixel_attention_mask", "spatial_shapes"):
+        np.testing.assert_array_equal(out[key][0], out[key][1], err_msg=key)  # HxW is HxWx3 grey
+    assert out["pixel_attention_mask"][0].sum() > 0
     with pytest.raises(ImageError):
         proc.process_images([np.zeros((40, 50, 3), np.float32)])
     with pytest.raises(ImageError):
@@ -197,5 +204,5 @@ def test_plan_errors_name_the_file(tmp_path: Path, proc: ColLFM2Processor) -> No
 
 
 def test_unknown_preprocessor_override(tiny_ckpt: Path) -> None:
-    with pytest.raises(TypeError, match="use_thumbnale"):
+    with pytest.raises(InputError, match="use_thumbnale"):
         ColLFM2Processor.from_pretrained(tiny_ckpt, use_thumbnale=False)

@@ -7,6 +7,7 @@ import pytest
 
 from export.parity import compare, maxsim_rel_error, topk_agreement
 from export.recipes import GATES, METHODS, RECIPES, Gate, Precision, parse_precisions
+from runtime.errors import InputError
 
 
 def test_compare_identical_and_masked() -> None:
@@ -30,7 +31,7 @@ def test_compare_never_passes_nan_or_shape_mismatch() -> None:
     f = compare(a, b)
     assert f.worst_cos == -1.0 and f.max_abs == float("inf")
     assert compare(np.zeros((2, 4)), np.zeros((2, 4))).worst_cos == 1.0  # padded rows agree
-    with pytest.raises(ValueError, match="shape mismatch"):
+    with pytest.raises(InputError, match="shape mismatch"):
         compare(a, np.ones((2, 4)))
 
 
@@ -49,7 +50,7 @@ def test_recipe_table_is_complete() -> None:
     assert set(RECIPES) == set(Precision) == set(GATES)
     for recipe in RECIPES.values():
         assert all(m in METHODS for m in recipe.methods)
-    # fp16 and int8 store the table in fp16 (issue 4).
+    # fp16 and int8 store the table in fp16 (half the bytes; the graphs cast it).
     assert RECIPES[Precision.FP16].embeddings_dtype == RECIPES[Precision.INT8].embeddings_dtype == "float16"
 
 

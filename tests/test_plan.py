@@ -1,4 +1,4 @@
-"""Tiling plans and token counts against the numbers in the reference doc (section 3)."""
+"""Tiling plans and token counts against the numbers in docs/reference.md §3."""
 
 from __future__ import annotations
 

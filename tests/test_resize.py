@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime.errors import InputError
 from runtime.resize import axis_weights, resize_uint8
 
 torch = pytest.importorskip("torch")
@@ -31,7 +32,7 @@ def _cases(seed: int, n: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
             oh, ow = h, int(rng.integers(1, 1400))
         else:
             oh, ow = (int(x) for x in rng.integers(1, 1400, 2))
-        if oh * ow > 1:  # torch's AVX2 path asserts on 1x1 outputs (resize doc section 7)
+        if oh * ow > 1:  # torch's AVX2 path asserts on 1x1 outputs (docs/resize.md §7)
             cases.append(((h, w), (oh, ow)))
     return cases
 
@@ -70,7 +71,7 @@ def test_resize_matches_torchvision_functional() -> None:
 
 
 def test_precision_rule_matches_documented_values() -> None:
-    # resize doc section 4: prec 15 at 1240->1024, 14 for an upscale, 20 for 20000->512, 22 for 4000->16.
+    # docs/resize.md §4: prec 15 at 1240->1024, 14 for an upscale, 20 for 20000->512, 22 for 4000->16.
     assert axis_weights(1240, 1024)[2] == 15
     assert axis_weights(100, 300)[2] == 14
     assert axis_weights(20000, 512)[2] == 20
@@ -78,9 +79,9 @@ def test_precision_rule_matches_documented_values() -> None:
 
 
 def test_resize_rejects_bad_arrays() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         resize_uint8(np.zeros((4, 4, 3), np.float32), 2, 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         resize_uint8(np.zeros((4, 4, 3), np.uint8), 0, 2)
 
 

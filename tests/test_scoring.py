@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from runtime import score
+from runtime.errors import InputError
 
 
 def _unit_rows(rng: np.random.Generator, n: int, dim: int = 128) -> np.ndarray:
@@ -82,9 +83,9 @@ def test_edge_cases() -> None:
     rng = np.random.default_rng(5)
     assert score([], [_unit_rows(rng, 3)]).shape == (0, 1)
     assert score([np.zeros((0, 128), np.float32), _unit_rows(rng, 2)], [_unit_rows(rng, 3)])[0, 0] == 0
-    with pytest.raises(ValueError, match="dim"):
+    with pytest.raises(InputError, match="dim"):
         score([_unit_rows(rng, 2, 64)], [_unit_rows(rng, 2)])
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(InputError, match="mode"):
         score([_unit_rows(rng, 2)], [_unit_rows(rng, 2)], mode="fast")
 
 

@@ -43,7 +43,7 @@ def test_written_tokenizer_round_trips(tiny_ckpt: Path) -> None:
 def test_document_template_512_page(tiny_ckpt: Path) -> None:
     tt = TextTokenizer.from_dir(tiny_ckpt)
     ids = tt.document_ids(plan_image(512, 512, ColLFM2Processor.from_pretrained(tiny_ckpt).config))
-    assert len(ids) == 266  # 3 + 1 + 256 + 1 + 4 + 1 (reference doc section 4)
+    assert len(ids) == 266  # 3 + 1 + 256 + 1 + 4 + 1 (docs/reference.md §4)
     assert ids[0] == 6 and ids[3] == 498 and ids[260] == 499 and ids[-1] == 7
     assert (ids[4:260] == 396).all()
     assert 1 not in ids[:1]  # no BOS on documents
