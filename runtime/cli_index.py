@@ -30,27 +30,36 @@ ENGINES = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
 
 
 def _backend_arg(p: argparse.ArgumentParser, stores: bool) -> None:
-    choices = (*STORES, *ENGINES) if stores else ENGINES
-    p.add_argument(
-        "--backend",
-        action="append",
-        choices=choices,
-        default=[],
-        help="repeatable. What runs the graphs: ort-cpu (default), ort-cuda, ort-trt (ONNX Runtime providers) or "
-        "trt (native TensorRT engines)"
-        + ("; where pages live: local (default, --index DIR) or qdrant" if stores else ""),
-    )
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="what runs the graphs: ort-cpu (default), ort-cuda, ort-trt (ONNX Runtime providers) or trt "
+                   "(native TensorRT engines)")  # fmt: skip
+    if stores:
+        p.add_argument(
+            "--store",
+            choices=STORES,
+            default=None,
+            help="where pages live: local (default; --index DIR) or qdrant (--url, or embedded in --index)",
+        )
+    # The old spelling, one repeatable flag for both roles: still accepted, with a notice.
+    p.add_argument("--backend", action="append", choices=(*STORES, *ENGINES) if stores else ENGINES, default=[],
+                   help=argparse.SUPPRESS)  # fmt: skip
 
 
 def _split_backends(args: argparse.Namespace) -> None:
-    """``--backend qdrant --backend trt`` -> args.store = qdrant, args.engine_backend = trt."""
-    chosen = list(args.backend or [])
+    """``--engine``/``--store`` (or the old ``--backend``, either role) -> args.engine, args.store."""
+    chosen = list(getattr(args, "backend", None) or [])
     stores = [b for b in chosen if b in STORES]
     engines = [b for b in chosen if b in ENGINES]
     if len(stores) > 1 or len(engines) > 1:
         raise UserError(f"--backend given twice for the same role: {', '.join(chosen)}")
-    args.store = stores[0] if stores else "local"
-    args.engine_backend = engines[0] if engines else "ort-cpu"
+    if chosen:
+        new = " ".join([*(f"--engine {e}" for e in engines), *(f"--store {s}" for s in stores)])
+        print(f"note: --backend is the old spelling; use {new}", file=sys.stderr)
+    engine, store = getattr(args, "engine", None), getattr(args, "store", None)
+    if (engine and engines and engine != engines[0]) or (store and stores and store != stores[0]):
+        raise UserError("--backend disagrees with --engine/--store; give one of them")
+    args.engine = engine or (engines[0] if engines else "ort-cpu")
+    args.store = store or (stores[0] if stores else "local")
 
 
 def _positive(text: str) -> int:
@@ -107,9 +116,11 @@ def add_parsers(sub: Any) -> None:
     info.add_argument("--json", action="store_true")
     chk = isub.add_parser("check", help="verify the database, every segment's checksum and every page's rows")
     _store_args(chk)
+    _backend_arg(chk, stores=True)
     chk.add_argument("--json", action="store_true")
     cmp_ = isub.add_parser("compact", help="rewrite live rows so removed and replaced pages stop taking space")
     _store_args(cmp_)
+    _backend_arg(cmp_, stores=True)
     rm = isub.add_parser("remove", help="forget every page of the given files (or folders)")
     _store_args(rm)
     _backend_arg(rm, stores=True)
@@ -138,10 +149,7 @@ def run_command(args: argparse.Namespace) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:
-        if hasattr(args, "backend"):
-            _split_backends(args)
-        else:
-            args.store, args.engine_backend = "local", "ort-cpu"
+        _split_backends(args)
         if args.cmd not in ("encode", "selftest") and not args.index and not (args.store == "qdrant" and args.url):
             raise UserError("--index DIR is required (or --backend qdrant --url URL)")
         if args.store == "qdrant":
@@ -169,14 +177,14 @@ def _require_qdrant() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load(bundle_dir: str, precision: str | None, threads: int | None, backend: str = "ort-cpu") -> tuple[Any, Any]:
+def _load(bundle_dir: str, precision: str | None, threads: int | None, backend: str = "ort-cpu") -> Any:
+    """The model (with its processor, ``model.processor``), and the random-weights warning."""
     from .model import ColLFM2
-    from .processor import ColLFM2Processor
 
     model = ColLFM2.from_pretrained(bundle_dir, precision=precision, threads=threads, backend=backend)
     if model.bundle.random_weights:
         print("[runtime] WARNING: this bundle has RANDOM WEIGHTS; its rankings are meaningless", file=sys.stderr)
-    return model, ColLFM2Processor.from_pretrained(bundle_dir)
+    return model
 
 
 @contextlib.contextmanager
@@ -212,11 +220,11 @@ def _encode(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; name the .npz file to write")
-    model, proc = _load(args.bundle, args.precision, args.threads, args.engine_backend)
+    model = _load(args.bundle, args.precision, args.threads, args.engine)
     rows, offsets, names, pages = [], [0], [], []
     failed = 0
     bar = progress(None, "encode", enabled=False if args.no_progress else None)
-    for item in encode_stream(model, proc, iter_sources(args.paths, args.dpi), args.batch_tiles):
+    for item in encode_stream(model, model.processor, iter_sources(args.paths, args.dpi), args.batch_tiles):
         if isinstance(item, Failed):
             failed += 1
             _report_failure(item)
@@ -259,7 +267,7 @@ def _selftest(args: argparse.Namespace) -> int:
     from .selftest import format_report, selftest
 
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None
-    report = selftest(args.bundle, precisions, args.engine_backend, args.threads)
+    report = selftest(args.bundle, precisions, args.engine, args.threads)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -282,7 +290,7 @@ def _add(args: argparse.Namespace) -> int:
         with _open_store(args) as store:
             bundle_dir, precision = store.meta["bundle_path"], store.meta["precision"]
         args.precision = args.precision or precision
-    model, proc = _load(bundle_dir, args.precision, args.threads, args.engine_backend)
+    model = _load(bundle_dir, args.precision, args.threads, args.engine)
     identity = bundle_identity(model.bundle, model.precision)
     added = skipped = shared = failed = 0
     with contextlib.ExitStack() as stack:
@@ -293,8 +301,7 @@ def _add(args: argparse.Namespace) -> int:
             if not opened:
                 s = stack.enter_context(_open_store(args, identity))
                 s.check_bundle(identity)
-                if isinstance(s, Index):
-                    stack.enter_context(s.writer())
+                stack.enter_context(s.writer())
                 opened.append(s)
             return opened[0]
 
@@ -305,7 +312,7 @@ def _add(args: argparse.Namespace) -> int:
             for page in store().pages():
                 stored[(page["path"], page["page"])] = page["content_hash"]
                 hashes.add(page["content_hash"])
-        sharing = exists and isinstance(store(), Index)
+        sharing = exists and store().shares_rows
 
         def skip(src: Any) -> str | None:
             if stored.get((src.path, src.page)) == src.content_hash:
@@ -334,7 +341,8 @@ def _add(args: argparse.Namespace) -> int:
                     commit()
                 last_path[0] = path
 
-        for item in encode_stream(model, proc, iter_sources(args.paths, args.dpi), args.batch_tiles, skip=skip):
+        sources = iter_sources(args.paths, args.dpi)
+        for item in encode_stream(model, model.processor, sources, args.batch_tiles, skip=skip):
             if isinstance(item, Failed):
                 at_file(item.path)
                 failed += 1
@@ -377,18 +385,16 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local(args: argparse.Namespace) -> Index:
-    if args.store != "local":
-        raise UserError(f"index {args.action} works on a local index (--index DIR) only")
+def _existing(args: argparse.Namespace) -> Any:
     if not _exists(args):
         raise StoreError(f"{args.index}: no index here")
-    return Index.open(Path(args.index))
+    return _open_store(args)
 
 
 def _check(args: argparse.Namespace) -> int:
-    with _local(args) as index:
-        problems = index.check()
-        info = index.info() if not problems else {}
+    with _existing(args) as store:
+        problems = store.check()
+        info = store.info() if not problems else {}
     if args.json:
         print(json.dumps({"healthy": not problems, "problems": problems}, indent=2))
     elif problems:
@@ -396,33 +402,31 @@ def _check(args: argparse.Namespace) -> int:
             print(f"problem: {line}")
         print(f"{len(problems)} problem(s): the index is damaged; pages in damaged segments must be added again")
     else:
-        print(f"ok: {info['pages']} page(s) in {info['segments']} segment(s); every checksum verified")
+        where = f" in {info['segments']} segment(s); every checksum verified" if "segments" in info else ""
+        print(f"ok: {info['pages']} page(s){where}")
     return 1 if problems else 0
 
 
 def _compact(args: argparse.Namespace) -> int:
-    with _local(args) as index, index.writer():
-        res = index.compact()
+    with _existing(args) as store, store.writer():
+        res = store.compact()
+    note = f"; {res['note']}" if res.get("note") else ""
     print(f"compacted: {res['rows_before']} -> {res['rows_after']} stored rows "
-          f"({res['segments_rewritten']} segment(s) rewritten)")  # fmt: skip
+          f"({res['segments_rewritten']} segment(s) rewritten){note}")  # fmt: skip
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
     if not args.paths and not args.missing:
         raise UserError("name the files or folders to remove, or pass --missing")
-    with _open_store(args) as store:
-        writer = store.writer() if isinstance(store, Index) else contextlib.nullcontext(store)
-        with writer:
-            targets = [str(Path(p).resolve()) for p in args.paths]
-            stored = {page["path"] for page in store.pages()} if isinstance(store, Index) else set()
-            for folder in [t for t in targets if Path(t).is_dir()]:  # a folder: every page stored under it
-                targets += [p for p in stored if p.startswith(folder.rstrip(os.sep) + os.sep)]
-            if args.missing:
-                if not isinstance(store, Index):
-                    raise UserError("--missing works on a local index only")
-                targets += store.missing_paths()
-            n = store.remove(targets)
+    with _existing(args) as store, store.writer():
+        targets = [str(Path(p).resolve()) for p in args.paths]
+        folders = [t.rstrip(os.sep) + os.sep for t in targets if Path(t).is_dir()]
+        if folders:  # a folder: every page stored under it
+            targets += [p["path"] for p in store.pages() if p["path"].startswith(tuple(folders))]
+        if args.missing:
+            targets += store.missing_paths()
+        n = store.remove(sorted(set(targets)))
     print(f"removed {n} page(s)")
     return 0 if n else 1
 
@@ -435,13 +439,11 @@ def _search(args: argparse.Namespace) -> int:
         raise QueryError("the query is not valid UTF-8 text (check the terminal's locale)") from None
     with _open_store(args) as store:
         meta = store.meta
-        model, proc = _load(
-            args.bundle or meta["bundle_path"], args.precision or meta["precision"], args.threads, args.engine_backend
+        model = _load(
+            args.bundle or meta["bundle_path"], args.precision or meta["precision"], args.threads, args.engine
         )
         store.check_bundle(bundle_identity(model.bundle, model.precision))
-        batch = proc.process_queries([query])
-        emb = model(**batch)[0]
-        q = emb[batch["attention_mask"][0] > 0]
+        (q,) = model.embed_queries([query])
         hits = store.search([q], k=args.k)[0]
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], allow_nan=False))

@@ -32,14 +32,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import sqlite3
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +45,7 @@ import numpy as np
 
 from .errors import StoreError
 from .scoring import score_packed
+from .store import Hit, PageRecord, bundle_identity, check_identity, decode_path, encode_path
 
 __all__ = ["Hit", "Index", "PageRecord", "bundle_identity", "check_identity", "decode_path", "encode_path"]
 
@@ -83,68 +82,6 @@ CREATE INDEX pages_segment ON pages(segment);
 T = TypeVar("T")
 
 
-def encode_path(path: str | os.PathLike | bytes) -> bytes:
-    """A path as stored: the file system's bytes (argv and folder walks give surrogate-escaped str)."""
-    return path if isinstance(path, bytes) else os.fsencode(path)
-
-
-def decode_path(raw: bytes | str) -> str:
-    """A stored path back as ``str``; undecodable bytes come back surrogate-escaped, as from ``os``."""
-    return raw if isinstance(raw, str) else os.fsdecode(raw)
-
-
-@dataclass(frozen=True)
-class PageRecord:
-    """One page to store: its embedding rows and where it came from.
-
-    ``embeddings=None`` stores the page with the rows of an already stored page of the same
-    ``content_hash`` (identical bytes under another path), without encoding it again."""
-
-    path: str
-    page: int
-    content_hash: str
-    size: int
-    embeddings: np.ndarray | None  # [n, dim], real rows only
-
-
-@dataclass(frozen=True)
-class Hit:
-    rank: int
-    score: float
-    path: str
-    page: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": self.score, "path": self.path, "page": self.page}
-
-
-def bundle_identity(bundle: Any, precision: str) -> dict[str, str]:
-    """What an index records about the bundle that made its vectors (``runtime.bundle.Bundle``)."""
-    manifest = bundle.path / "manifest.json"
-    source = bundle.manifest["source"]
-    model = source.get("preset") or source.get("path") or "unknown"
-    return {
-        "bundle_path": str(bundle.path.resolve()),
-        "bundle_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-        "bundle_model": str(model),
-        "bundle_random_weights": json.dumps(bool(source.get("random_weights", False))),
-        "precision": precision,
-        "dim": str(bundle.model["dim"]),
-    }
-
-
-def check_identity(where: str, meta: dict[str, str], identity: dict[str, str], remedy: str) -> None:
-    """Raise ``StoreError`` unless ``identity`` is the bundle recorded in a store's ``meta``."""
-    for key in ("bundle_manifest_sha256", "precision", "dim"):
-        if meta.get(key) != identity.get(key):
-            raise StoreError(
-                f"{where}: built with bundle {meta.get('bundle_model')} ({meta.get('precision')}, manifest "
-                f"{meta.get('bundle_manifest_sha256', '')[:12]}...), not {identity.get('bundle_model')} "
-                f"({identity.get('precision')}, manifest {identity.get('bundle_manifest_sha256', '')[:12]}...): "
-                f"{key} differs. Vectors of different bundles cannot be compared; {remedy}"
-            )
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -177,7 +114,9 @@ def _db_error(root: Path, exc: sqlite3.Error) -> StoreError:
 
 
 class Index:
-    """Open with ``Index.open(dir)`` (existing) or ``Index.create(dir, identity)``."""
+    """The local ``Store``: open with ``Index.open(dir)`` (existing) or ``Index.create(dir, identity)``."""
+
+    shares_rows = True
 
     def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
         self.root = root

@@ -10,15 +10,17 @@ embedded local mode, real Qdrant semantics without a server), or ``":memory:"``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from .errors import StoreError, UserError
-from .index import Hit, PageRecord, check_identity, decode_path, encode_path
+from .store import Hit, PageRecord, check_identity, decode_path, encode_path
 
 __all__ = ["QdrantStore"]
 
@@ -38,6 +40,10 @@ def _client(location: str) -> Any:
 
 
 class QdrantStore:
+    """The Qdrant ``Store``: a server (``http://...``), an embedded directory or ``:memory:``."""
+
+    shares_rows = False  # each point carries its own vectors
+
     def __init__(self, client: Any, collection: str, dim: int) -> None:
         self.client = client
         self.collection = collection
@@ -110,6 +116,8 @@ class QdrantStore:
         for r in records:
             if r.embeddings is None:
                 raise StoreError("the qdrant store keeps no shared rows; encode every page")
+            if r.embeddings.ndim != 2 or r.embeddings.shape[1] != self.dim:
+                raise StoreError(f"{r.path}: embeddings {r.embeddings.shape}, collection dim {self.dim}")
             if (r.path, r.page) in seen or stored.get((r.path, r.page)) == r.content_hash:
                 continue
             seen.add((r.path, r.page))
@@ -137,6 +145,33 @@ class QdrantStore:
             n += self.client.count(self.collection, flt, exact=True).count
             self.client.delete(self.collection, models.FilterSelector(filter=flt), wait=True)
         return n
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[QdrantStore]:
+        # Qdrant serialises writes itself; point ids are deterministic, so a rerun overwrites.
+        yield self
+
+    def missing_paths(self) -> list[str]:
+        return sorted({p["path"] for p in self.pages() if not os.path.lexists(p["path"])})
+
+    def check(self) -> list[str]:
+        problems = []
+        try:
+            _ = self.meta  # the reserved point that makes this a collfm2-edge collection
+        except StoreError as exc:
+            return [str(exc)]
+        seen: set[tuple[str, int]] = set()
+        for p in self.pages():
+            key = (p["path"], p["page"])
+            if key in seen:
+                problems.append(f"{p['path']} page {p['page']} is stored twice")
+            seen.add(key)
+        return problems
+
+    def compact(self) -> dict[str, Any]:
+        n = self.client.count(self.collection, self._page_filter(), exact=True).count
+        return {"rows_before": n, "rows_after": n, "segments_rewritten": 0,
+                "note": "Qdrant reclaims deleted points itself (its optimizers)"}  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         pages = self.client.count(self.collection, self._page_filter(), exact=True).count
