@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from runtime import ColLFM2Processor, UserError, score
+from runtime.model import real_rows
 
 SAMPLE_PAGES = {
     "invoice.png": ["INVOICE #2024-117", "Bill to: Example GmbH", "Item        Qty   Price", "Widget       4    12.00",
@@ -77,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             random_weights = model.bundle.random_weights
 
             def encode(batch: dict) -> list[np.ndarray]:
-                emb, mask = model(**batch), batch["attention_mask"]
-                return [emb[i][mask[i] > 0] for i in range(emb.shape[0])]
+                return real_rows(model(**batch), batch["attention_mask"])
 
             what = f"bundle {a.bundle} ({model.precision}, ONNX Runtime CPU)"
             proc_dir = a.bundle

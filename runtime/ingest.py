@@ -29,6 +29,7 @@ __all__ = [
     "PageSource",
     "Skipped",
     "encode_stream",
+    "image_sources",
     "iter_sources",
     "progress",
 ]
@@ -200,9 +201,11 @@ def encode_stream(
     sources: Iterable[PageSource | Failed],
     batch_tiles: int = DEFAULT_BATCH_TILES,
     skip: Callable[[PageSource], str | None] | None = None,
+    batch_pages: int | None = None,
 ) -> Iterator[Encoded | Skipped | Failed]:
     """Encode pages with ``model`` (``runtime.ColLFM2``), preprocessing ahead in a thread.
 
+    A model call takes pages until they hold ``batch_tiles`` tiles (or ``batch_pages`` pages).
     ``skip(source)`` may return a reason not to encode a page (e.g. already indexed).
     """
     from .processor import collate_pages
@@ -246,11 +249,16 @@ def encode_stream(
             if isinstance(item, BaseException):
                 raise item
             if isinstance(item, (Failed, Skipped)):
+                # In input order: the pages before it go first. (The index commits a file's pages
+                # together, and a failure overtaking them would split a file across commits.)
+                if batch:
+                    yield from _run_batch(model, batch, collate_pages)
+                    batch, tiles = [], 0
                 yield item
                 continue
             batch.append(item)
             tiles += item[1].pixel_values.shape[0]
-            if tiles >= batch_tiles:
+            if tiles >= batch_tiles or (batch_pages is not None and len(batch) >= batch_pages):
                 yield from _run_batch(model, batch, collate_pages)
                 batch, tiles = [], 0
         if batch:
@@ -265,11 +273,21 @@ def encode_stream(
 
 
 def _run_batch(model: Any, batch: list, collate: Callable) -> Iterator[Encoded]:
+    from .model import real_rows
+
     inputs = collate([page for _, page in batch])
-    emb = model.encode(inputs)
-    mask = inputs["attention_mask"]
-    for i, (src, _) in enumerate(batch):
-        yield Encoded(src, np.ascontiguousarray(emb[i][mask[i] > 0]))
+    for (src, _), rows in zip(batch, real_rows(model.encode(inputs), inputs["attention_mask"]), strict=True):
+        yield Encoded(src, rows)
+
+
+def image_sources(images: Iterable[Any]) -> Iterator[PageSource]:
+    """In-memory images (paths, bytes, PIL images, HxWx3 arrays) as page sources, lazily."""
+    from .image import describe_source
+
+    for i, img in enumerate(images):
+        name = describe_source(img)
+        name = f"image {i} {name}" if name.startswith("<") else name  # errors say which item of the stream
+        yield PageSource(name, 1, "", 0, lambda img=img: img)
 
 
 def progress(total: int | None, desc: str, enabled: bool | None = None) -> Any:

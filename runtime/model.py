@@ -16,7 +16,7 @@ reference returns.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from .bundle import SHARED, Bundle, open_bundle
 from .errors import InputError, ModelFilesError, UserError
 from .image import position_weights, unshuffle_index
 
-__all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens"]
+__all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens", "real_rows"]
 
 # backend -> ONNX Runtime providers (None: native TensorRT engines, runtime/trt_runner.py).
 BACKENDS: dict[str, list[str] | None] = {
@@ -83,6 +83,12 @@ def default_vision_batch(backend: str) -> int:
     return CPU_VISION_BATCH if backend == "ort-cpu" else DEFAULT_VISION_BATCH
 
 
+def real_rows(embeddings: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+    """A padded batch [B, L, D] -> each item's real rows [n_i, D] (contiguous copies)."""
+    mask = np.asarray(attention_mask) > 0
+    return [np.ascontiguousarray(embeddings[i][mask[i]]) for i in range(embeddings.shape[0])]
+
+
 @lru_cache(maxsize=64)
 def _tile_arrays(ph: int, pw: int, grid: int, max_patches: int, factor: int, max_tokens: int) -> tuple:
     return position_weights(ph, pw, grid, max_patches), unshuffle_index(ph, pw, factor, max_tokens)
@@ -124,7 +130,7 @@ class ColLFM2:
             raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         self.backend = backend
         if output_dtype not in ("float32", "float16"):
-            raise ValueError(f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}")
+            raise InputError(f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}")
         self.output_dtype = np.dtype(output_dtype)
         try:
             import onnxruntime as ort
@@ -301,6 +307,50 @@ class ColLFM2:
         return out
 
     # -- public ---------------------------------------------------------------------------
+
+    @property
+    def processor(self) -> Any:
+        """The bundle's ``ColLFM2Processor`` (loaded on first use, once)."""
+        if getattr(self, "_processor", None) is None:
+            from .processor import ColLFM2Processor
+
+            self._processor = ColLFM2Processor.from_pretrained(self.bundle.path)
+        return self._processor
+
+    def embed_images(self, images: Iterable[Any], batch_size: int = 4) -> Iterator[np.ndarray]:
+        """Each image's (path, bytes, PIL image or HxWx3 array) real rows [n, dim], in order.
+
+        A stream, like fastembed's ``embed``: images are read and preprocessed in a background
+        thread while the model runs the previous batch of ``batch_size`` pages (fewer when they
+        hold more than ``ingest.DEFAULT_BATCH_TILES`` tiles), so memory stays flat however many
+        come. A bad image raises ``InputError`` naming it."""
+        from .ingest import Failed, encode_stream, image_sources
+
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        for item in encode_stream(self, self.processor, image_sources(images), batch_pages=batch_size):
+            if isinstance(item, Failed):
+                raise InputError(item.message)
+            yield item.embeddings.astype(self.output_dtype, copy=False)
+
+    def embed_queries(self, queries: Iterable[str], batch_size: int = 16) -> Iterator[np.ndarray]:
+        """Each query's real rows [n, dim] (BOS included), in order, ``batch_size`` per model call."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(queries, str):
+            queries = [queries]
+        batch: list[str] = []
+        for q in queries:
+            batch.append(q)
+            if len(batch) == batch_size:
+                yield from self._embed_query_batch(batch)
+                batch = []
+        if batch:
+            yield from self._embed_query_batch(batch)
+
+    def _embed_query_batch(self, batch: list[str]) -> Iterator[np.ndarray]:
+        inputs = self.processor.process_queries(batch)
+        yield from real_rows(self.encode(inputs), inputs["attention_mask"])
 
     def __call__(self, **batch: np.ndarray) -> np.ndarray:
         """A ``process_images`` or ``process_queries`` batch -> embeddings [B, L, 128]."""

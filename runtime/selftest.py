@@ -24,10 +24,6 @@ from .parity import Gate, fidelity_report
 __all__ = ["selftest"]
 
 
-def _real(emb: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-    return [emb[i][mask[i] > 0] for i in range(emb.shape[0])]
-
-
 def selftest(
     bundle_dir: str | os.PathLike,
     precisions: list[str] | None = None,
@@ -39,7 +35,7 @@ def selftest(
     Returns ``{"cpu_class", "machine", "backend", "results": {precision: report}, "passed"}``
     where each report is ``parity.fidelity_report``'s (pages, queries, MaxSim, failures).
     """
-    from .model import ColLFM2
+    from .model import ColLFM2, real_rows
     from .processor import ColLFM2Processor
 
     bundle = open_bundle(Path(bundle_dir), verify=False)
@@ -57,8 +53,8 @@ def selftest(
     for name in precisions or bundle.precisions:
         entry = bundle.precision(name)
         model = ColLFM2.from_pretrained(bundle.path, precision=name, threads=threads, backend=backend)
-        pages = _real(model(**pages_in), pages_in["attention_mask"])
-        queries = _real(model(**queries_in), queries_in["attention_mask"])
+        pages = real_rows(model(**pages_in), pages_in["attention_mask"])
+        queries = real_rows(model(**queries_in), queries_in["attention_mask"])
         gate = Gate.from_dict(entry.get("gate") or {"min_worst_cos": 1.0})
         results[name] = {**fidelity_report(ref_pages, ref_queries, pages, queries, gate), "gate": str(gate)}
     return {

@@ -59,8 +59,7 @@ def test_index_search_equals_brute_force(tiny_bundle: Path, pages_dir: Path, tmp
         assert isinstance(item, Encoded)
         docs.append(item.embeddings.astype(np.float16))  # the index stores fp16
         names.append((item.source.path, item.source.page))
-    qb = proc.process_queries(["total amount"])
-    q = model(**qb)[0][qb["attention_mask"][0] > 0]
+    (q,) = model.embed_queries(["total amount"])
     s = score([q], docs)[0]
     order = np.argsort(-s, kind="stable")
     assert [(h["path"], h["page"]) for h in hits] == [names[i] for i in order]
@@ -294,7 +293,8 @@ def _rss_kb() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def test_1000_page_ingest_keeps_memory_flat(tmp_path: Path) -> None:
+def test_1000_add_batch_commits_keep_memory_flat(tmp_path: Path) -> None:
+    """The store alone (the CLI's whole ingest path: tests/test_streaming.py)."""
     rng = np.random.default_rng(1)
     with Index.create(tmp_path / "idx", IDENTITY) as index, index.writer():
         samples = []

@@ -18,7 +18,9 @@ from export.validate import synthetic_page
 from runtime import ColLFM2, ColLFM2Processor, ModelFilesError, open_bundle, score
 from runtime.bundle import MANIFEST, sha256_file
 from runtime.cpu import CPU_CLASSES
+from runtime.errors import InputError
 from runtime.image import position_weights, unshuffle_index
+from runtime.model import real_rows
 
 ALL = tuple(p.value for p in Precision)
 
@@ -33,10 +35,6 @@ def pages_and_queries(tiny_bundle: Path, tiny_model):
     ref_pages = tiny_model.encode(pb)
     ref_queries = tiny_model.encode(qb)
     return pb, qb, ref_pages, ref_queries
-
-
-def _real(emb: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-    return [emb[i][mask[i] > 0] for i in range(emb.shape[0])]
 
 
 def _top1_within_margin(s_ref: np.ndarray, s_got: np.ndarray, margin: float) -> list[int]:
@@ -59,7 +57,7 @@ def test_fidelity_targets(tiny_bundle: Path, pages_and_queries, precision: str) 
     assert pages.dtype == np.float32 and pages.shape == (*pb["input_ids"].shape, 128)
     # Padded rows are exactly zero, real rows unit norm.
     assert not pages[pb["attention_mask"] == 0].any() and not queries[qb["attention_mask"] == 0].any()
-    got_p, got_q = _real(pages, pb["attention_mask"]), _real(queries, qb["attention_mask"])
+    got_p, got_q = real_rows(pages, pb["attention_mask"]), real_rows(queries, qb["attention_mask"])
     gate = GATES[Precision(precision)]
     s_ref, s_got = score(ref_queries, ref_pages), score(got_q, got_p)
     rel = maxsim_rel_error(s_ref, s_got)
@@ -309,7 +307,7 @@ def test_output_dtype(tiny_bundle: Path) -> None:
     full = ColLFM2.from_pretrained(tiny_bundle)(**q)
     half = ColLFM2.from_pretrained(tiny_bundle, output_dtype="float16")(**q)
     assert half.dtype == np.float16 and np.abs(half.astype(np.float32) - full).max() < 1e-3
-    with pytest.raises(ValueError, match="output_dtype"):
+    with pytest.raises(InputError, match="output_dtype"):
         ColLFM2.from_pretrained(tiny_bundle, output_dtype="int8")
 
 
@@ -359,16 +357,24 @@ def test_backends_and_default_precision(tiny_bundle: Path) -> None:
     assert ColLFM2.from_pretrained(tiny_bundle).precision == want
     with pytest.raises(UserError, match="unknown backend"):
         ColLFM2.from_pretrained(tiny_bundle, backend="tpu")
+
+
+def test_missing_gpu_stacks_say_what_to_install(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without them, whatever this one has: ORT without GPU providers, no TensorRT."""
+    import sys
+
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        with pytest.raises(UserError, match="install onnxruntime-gpu"):
-            ColLFM2.from_pretrained(tiny_bundle, backend="ort-cuda")
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(UserError, match="needs TensorRT and cuda-python"):
-            ColLFM2.from_pretrained(tiny_bundle, backend="trt")
+    from runtime import UserError
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(UserError, match="install onnxruntime-gpu"):
+        ColLFM2.from_pretrained(tiny_bundle, backend="ort-cuda")
+    with pytest.raises(UserError, match="built with TensorRT"):
+        ColLFM2.from_pretrained(tiny_bundle, backend="ort-trt")
+    with pytest.raises(UserError, match="needs TensorRT and cuda-python"):
+        ColLFM2.from_pretrained(tiny_bundle, backend="trt")
 
 
 def test_int8_qdq_runs_as_fake_quantisation(tiny_bundle: Path) -> None:

@@ -12,7 +12,18 @@ from runtime import workers
 from runtime.resize import resize_uint8
 
 
-def test_parallel_map_keeps_order_and_uses_the_caller() -> None:
+@pytest.fixture
+def pool3(monkeypatch: pytest.MonkeyPatch):
+    """A real three-worker pool whatever the machine or COLLFM2_THREADS says (1 turns it off)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(3, thread_name_prefix="collfm2-test")
+    monkeypatch.setattr(workers, "_pool", [(executor, 3)])
+    yield executor
+    executor.shutdown(wait=True)
+
+
+def test_parallel_map_keeps_order_and_uses_the_caller(pool3) -> None:
     names: list[str] = []
 
     def fn(x: int) -> int:
@@ -22,10 +33,11 @@ def test_parallel_map_keeps_order_and_uses_the_caller() -> None:
 
     assert workers.parallel_map(fn, list(range(7))) == [x * x for x in range(7)]
     assert threading.current_thread().name in names  # the caller works too
+    assert any(n.startswith("collfm2-test") for n in names)  # and the pool does
     assert workers.parallel_map(fn, []) == []
 
 
-def test_parallel_map_raises_only_after_every_item_finished() -> None:
+def test_parallel_map_raises_only_after_every_item_finished(pool3) -> None:
     finished: list[int] = []
 
     def fn(x: int) -> int:
@@ -73,10 +85,11 @@ def test_single_threaded_blas_is_reference_counted_and_restored() -> None:
     assert threads() == before
 
 
-def test_threaded_resize_matches_a_single_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threaded_resize_matches_a_single_thread(pool3, monkeypatch: pytest.MonkeyPatch) -> None:
     """The split across threads (transposition rows, bands) changes nothing in the result."""
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, (700, 530, 3), dtype=np.uint8)
+    assert workers.worker_count() == 3  # really threaded, on any machine
     threaded = resize_uint8(img, 512, 384)
     monkeypatch.setattr(workers, "_pool", [(None, 1)])
     assert workers.worker_count() == 1
