@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, Bundle, sha256_file
+from runtime.contract import GRAPH_SPECS
 
 from .presets import PRESETS
 from .recipes import METHODS, RECIPES, Precision
@@ -76,24 +77,12 @@ def plan(cfg: OnnxConfig) -> list[str]:
 
 
 def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) -> Path:
-    """torch module -> ONNX file with named dynamic axes."""
+    """torch module -> ONNX file with the names and named dynamic axes of its ``GraphSpec``."""
     import torch
 
-    if name == "vision":
-        inputs = ["pixel_values", "pixel_attention_mask", "pos_weights", "unshuffle_index"]
-        outputs = ["image_tokens"]
-        # Patches and tokens are dynamic too: the runtime runs small tiles on patch-count buckets
-        # (256/512/768/1024) instead of paying for 1,024 padded patches.
-        dynamic = {
-            "pixel_values": {0: "batch", 1: "patches"},
-            "pixel_attention_mask": {0: "batch", 1: "patches"},
-            "pos_weights": {0: "batch", 1: "patches"},
-            "unshuffle_index": {0: "batch", 1: "tokens"},
-        }
-    else:
-        inputs = ["inputs_embeds", "attention_mask"]
-        outputs = ["embeddings"]
-        dynamic = {k: {0: "batch", 1: "sequence"} for k in inputs}
+    from runtime.contract import GRAPH_SPECS
+
+    spec = GRAPH_SPECS[name]
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # Known noise from torch 2.13's exporter: a pytree deprecation inside torch itself, and a note
         # that axes sharing a name share a symbol (which is the point of naming them).
@@ -105,9 +94,9 @@ def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) 
             str(dst),
             dynamo=True,
             opset_version=opset,
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_shapes=dynamic,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_shapes=spec.dynamic_axes(),
             external_data=False,
             verbose=False,
             report=False,
@@ -115,31 +104,13 @@ def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) 
     return dst
 
 
-def _examples(model: Any) -> dict[str, tuple]:
-    """Trace inputs: batch 2 and sequence >= 2, so no axis specialises to 1 (docs/reference.md §6.5)."""
+def _examples(numbers: dict[str, Any]) -> dict[str, tuple]:
+    """Trace inputs from each graph's contract (docs/reference.md §6.5: no axis may specialise)."""
     import torch
 
-    from runtime.image import position_weights, unshuffle_index
+    from runtime.contract import GRAPH_SPECS
 
-    vc, tc = model.config.vision_config, model.config.text_config
-    # A patch count below the maximum, so the exporter cannot tie the dynamic axis to 1,024.
-    n = 768
-    pw = np.stack([position_weights(26, 28, 16, n), position_weights(20, 36, 16, n)])
-    ui = np.stack([unshuffle_index(26, 28, 2, n // 4), unshuffle_index(20, 36, 2, n // 4)])
-    mask = np.ones((2, n), np.int64)
-    mask[0, 26 * 28 :] = 0
-    mask[1, 20 * 36 :] = 0
-    patch_dim = vc.num_channels * vc.patch_size**2
-    vision = (
-        torch.randn(2, n, patch_dim),
-        torch.from_numpy(mask),
-        torch.from_numpy(pw),
-        torch.from_numpy(ui),
-    )
-    am = torch.ones(2, 9, dtype=torch.int64)
-    am[0, :3] = 0
-    text = (torch.randn(2, 9, tc.hidden_size), am)
-    return {"vision": vision, "text": text}
+    return {g: tuple(torch.from_numpy(a) for a in spec.example(numbers)) for g, spec in GRAPH_SPECS.items()}
 
 
 def io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -204,25 +175,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def _model_numbers(model: Any, processor: Any) -> dict[str, Any]:
-    cfg = model.config
-    factor = cfg.downsample_factor
-    return {
-        "image_token_id": cfg.image_token_id,
-        "hidden_size": cfg.text_config.hidden_size,
-        "vocab_size": cfg.text_config.vocab_size,
-        "dim": model.custom_text_proj.out_features,
-        "downsample_factor": factor,
-        "max_num_patches": processor.config.max_num_patches,
-        "tokens_per_tile": processor.config.max_num_patches // factor**2,
-        "position_grid": round(cfg.vision_config.num_patches**0.5),
-        # Patch counts the vision graph is run at (multiples of 256 up to the maximum).
-        "patch_buckets": [n for n in (256, 512, 768, 1024) if n < processor.config.max_num_patches]
-        + [processor.config.max_num_patches],
-        "patch_dim": cfg.vision_config.num_channels * cfg.vision_config.patch_size**2,
-    }
 
 
 def _calibration_feeds(model: Any, processor: Any) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -326,7 +278,10 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
 
         t0 = time.perf_counter()
         fp32_graphs: dict[str, Path] = {}
-        examples = _examples(model)
+        from .validate import model_numbers
+
+        numbers = model_numbers(model, processor)
+        examples = _examples(numbers)
         with attention(model, EXPORT_ATTENTION):
             for graph, wrapper in (("vision", VisionGraph), ("text", TextGraph)):
                 log(f"exporting {graph} graph (fp32, opset {cfg.opset}) ...")
@@ -391,7 +346,9 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": _source(cfg, loaded),
-            "model": _model_numbers(model, processor),
+            "model": numbers,
+            # What each graph takes and gives; the runtime feeds by these names (runtime.contract).
+            "contract": {g: spec.as_manifest() for g, spec in GRAPH_SPECS.items()},
             "opset": cfg.opset,
             "mask_value": MASK_VALUE,
             "default_precision": cfg.precisions[0].value,

@@ -170,26 +170,10 @@ class EngineSpec:
 
 
 def _shapes(profile: DeviceProfile, graph: str, model: dict[str, Any]) -> list[dict[str, list[list[int]]]]:
-    n, d = model["max_num_patches"], model["hidden_size"]
-    if graph == "vision":
-        pd, g = model["patch_dim"], model["position_grid"]
-        b = profile.vision_batch
-        # Patch counts from the smallest bucket to the maximum (opt: full tiles, the common case).
-        lo = min(model.get("patch_buckets", [n]))
-        patches = (lo, n, n)
-        return [{
-            "pixel_values": [[x, p, pd] for x, p in zip(b, patches, strict=True)],
-            "pixel_attention_mask": [[x, p] for x, p in zip(b, patches, strict=True)],
-            "pos_weights": [[x, p, g * g] for x, p in zip(b, patches, strict=True)],
-            "unshuffle_index": [[x, p // 4, 4] for x, p in zip(b, patches, strict=True)],
-        }]  # fmt: skip
-    out = []
-    for batch, seq in ((profile.query_batch, profile.query_seq), (profile.doc_batch, profile.doc_seq)):
-        out.append({
-            "inputs_embeds": [[b, s, d] for b, s in zip(batch, seq, strict=True)],
-            "attention_mask": [[b, s] for b, s in zip(batch, seq, strict=True)],
-        })  # fmt: skip
-    return out
+    """Optimisation profiles of ``graph`` for ``profile``, from the graph contract."""
+    from runtime.contract import GRAPH_SPECS
+
+    return GRAPH_SPECS[graph].trt_ranges(profile, model)
 
 
 # Ops whose fp16 versions lose too much: weakly typed fp16 engines pin these layers to fp32 (the

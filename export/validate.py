@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from runtime import ColLFM2, ColLFM2Processor
-from runtime.image import position_weights, unshuffle_index
+from runtime.contract import TEXT, VISION
 from runtime.model import merge_image_tokens, real_rows
 from runtime.parity import Fidelity, compare, fidelity_report
 
@@ -72,14 +72,23 @@ class ReferenceSet:
     seconds: float = 0.0
 
 
-def _vision_feeds(batch: dict[str, np.ndarray], grid: int, factor: int, max_tokens: int) -> dict[str, np.ndarray]:
-    max_patches = batch["pixel_values"].shape[1]
-    shapes = [(int(h), int(w)) for h, w in batch["spatial_shapes"]]
+def model_numbers(model: ColLFM2Reference, processor: ColLFM2Processor) -> dict[str, Any]:
+    """The manifest's ``model`` section: what the runtime and the graph contract compute with."""
+    cfg = model.config
+    factor = cfg.downsample_factor
     return {
-        "pixel_values": np.ascontiguousarray(batch["pixel_values"], dtype=np.float32),
-        "pixel_attention_mask": batch["pixel_attention_mask"].astype(np.int64),
-        "pos_weights": np.stack([position_weights(h, w, grid, max_patches) for h, w in shapes]),
-        "unshuffle_index": np.stack([unshuffle_index(h, w, factor, max_tokens) for h, w in shapes]),
+        "image_token_id": cfg.image_token_id,
+        "hidden_size": cfg.text_config.hidden_size,
+        "vocab_size": cfg.text_config.vocab_size,
+        "dim": model.custom_text_proj.out_features,
+        "downsample_factor": factor,
+        "max_num_patches": processor.config.max_num_patches,
+        "tokens_per_tile": processor.config.max_num_patches // factor**2,
+        "position_grid": round(cfg.vision_config.num_patches**0.5),
+        # Patch counts the vision graph is run at (multiples of 256 up to the maximum).
+        "patch_buckets": [n for n in (256, 512, 768, 1024) if n < processor.config.max_num_patches]
+        + [processor.config.max_num_patches],
+        "patch_dim": cfg.vision_config.num_channels * cfg.vision_config.patch_size**2,
     }
 
 
@@ -114,8 +123,8 @@ def reference_set(
         return _text_reference(model, embeds, mask) if text_outputs else np.empty(0, np.float32)
 
     cfg = model.config
-    factor = cfg.downsample_factor
-    max_tokens = processor.config.max_num_patches // factor**2
+    numbers = model_numbers(model, processor)
+    max_tokens = numbers["tokens_per_tile"]
     table = model.model.language_model.embed_tokens.weight.detach().float().numpy()
     out = ReferenceSet()
     for name, image in pages.items():
@@ -126,7 +135,10 @@ def reference_set(
             spatial_shapes=torch.from_numpy(batch["spatial_shapes"]),
             pixel_attention_mask=torch.from_numpy(batch["pixel_attention_mask"]),
         ).pooler_output  # per tile [n_tok, D]
-        feeds = _vision_feeds(batch, 16, factor, max_tokens)
+        shapes = [(int(h), int(w)) for h, w in batch["spatial_shapes"]]
+        max_patches = batch["pixel_values"].shape[1]
+        feeds = VISION.feeds(None, batch["pixel_values"], batch["pixel_attention_mask"], shapes, max_patches,
+                             numbers=numbers)  # fmt: skip
         n_units = len(feats)
         ref = np.zeros((n_units, max_tokens, feats[0].shape[-1]), np.float32)
         mask = np.zeros((n_units, max_tokens), bool)
@@ -141,7 +153,7 @@ def reference_set(
         out.text.append(
             GraphCase(
                 f"text/{name}",
-                {"inputs_embeds": embeds, "attention_mask": am},
+                TEXT.feeds(None, embeds, am, numbers=numbers),
                 text_ref(embeds, am),
                 am > 0,
             )
@@ -153,14 +165,14 @@ def reference_set(
     ids, am = qb["input_ids"], qb["attention_mask"].astype(np.int64)
     embeds = table[ids]
     out.text.append(
-        GraphCase("text/queries", {"inputs_embeds": embeds, "attention_mask": am}, text_ref(embeds, am), am > 0)
+        GraphCase("text/queries", TEXT.feeds(None, embeds, am, numbers=numbers), text_ref(embeds, am), am > 0)
     )
     # Batch of one that still carries left padding: the shape where 4.57 dropped the conv mask.
     one = slice(0, 1)
     out.text.append(
         GraphCase(
             "text/query-batch1-padded",
-            {"inputs_embeds": embeds[one], "attention_mask": am[one]},
+            TEXT.feeds(None, embeds[one], am[one], numbers=numbers),
             text_ref(embeds[one], am[one]),
             am[one] > 0,
         )

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import SHARED, Bundle, open_bundle
+from .contract import TEXT, VISION, check_manifest_contract
 from .errors import InputError, ModelFilesError, UserError
 from .image import position_weights, unshuffle_index
 
@@ -162,6 +163,8 @@ class ColLFM2:
         self._max_tokens = int(m["tokens_per_tile"])
         # Bundles whose vision graph takes a dynamic patch count list the buckets to run it at.
         self.patch_buckets = sorted(int(b) for b in m.get("patch_buckets", [self._max_patches]))
+        # Input names come from the bundle's graph contract (checked against runtime.contract).
+        self._input_names = check_manifest_contract(str(bundle.path), bundle.manifest.get("contract"))
         self.vision_batch = max(1, int(vision_batch or default_vision_batch(backend)))
 
         self.sessions: dict[str, Any] = {}
@@ -269,22 +272,25 @@ class ColLFM2:
             units = [u for u in range(n_units) if buckets[u] == bucket]
             for k0 in range(0, len(units), self.vision_batch):
                 chunk = units[k0 : k0 + self.vision_batch]
-                arrays = [
-                    _tile_arrays(int(shapes[u][0]), int(shapes[u][1]), self._grid, bucket, f, bucket // (f * f))
-                    for u in chunk
-                ]
-                feeds = {
-                    "pixel_values": np.ascontiguousarray(pixel_values[chunk, :bucket], dtype=np.float32),
-                    "pixel_attention_mask": np.asarray(pixel_attention_mask[chunk, :bucket], dtype=np.int64),
-                    "pos_weights": np.stack([a[0] for a in arrays]),
-                    "unshuffle_index": np.stack([a[1] for a in arrays]),
-                }
+                feeds = VISION.feeds(
+                    self._input_names["vision"],
+                    pixel_values[chunk],
+                    pixel_attention_mask[chunk],
+                    [(int(shapes[u][0]), int(shapes[u][1])) for u in chunk],
+                    bucket,
+                    self._cached_tile_arrays,
+                    numbers=self.bundle.model,
+                )
                 out = session.run(None, feeds)[0]  # [b, bucket / f^2, D]
                 for k, u in enumerate(chunk):
                     ph, pw = int(shapes[u][0]), int(shapes[u][1])
                     tokens_of[u] = out[k, : (ph // f) * (pw // f)]
         out_list = [tokens_of[u] for u in range(n_units)]
         return np.concatenate(out_list, axis=0) if out_list else np.zeros((0, self.hidden_size), np.float32)
+
+    def _cached_tile_arrays(self, ph: int, pw: int, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        f = self._factor
+        return _tile_arrays(ph, pw, self._grid, bucket, f, bucket // (f * f))
 
     def bucket_for(self, patches: int) -> int:
         """The smallest patch-count bucket that holds ``patches`` (the graph's maximum if none)."""
@@ -295,10 +301,7 @@ class ColLFM2:
 
     def text(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Text graph: [B, S, D] + [B, S] -> [B, S, 128] float32, padded rows 0."""
-        feeds = {
-            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
-            "attention_mask": np.asarray(attention_mask, dtype=np.int64),
-        }
+        feeds = TEXT.feeds(self._input_names["text"], inputs_embeds, attention_mask, numbers=self.bundle.model)
         out = np.asarray(self.sessions["text"].run(None, feeds)[0], dtype=np.float32)
         if out.shape[-1] != self.dim:  # before a store records vectors of the wrong size
             raise ModelFilesError(

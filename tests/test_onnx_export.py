@@ -453,3 +453,27 @@ def test_graphs_run_attention_a_head_group_at_a_time(tiny_bundle: Path, tiny_mod
     for graph, n in want.items():
         g = onnx.load(tiny_bundle / "fp32" / f"{graph}.onnx", load_external_data=False).graph
         assert sum(node.op_type == "Softmax" for node in g.node) == n > 0, graph
+
+
+def test_graph_contract_is_in_the_manifest_and_checked(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The manifest carries each graph's contract; the exported files agree with it; the runtime
+    refuses a contract it does not feed and accepts bundles written before contracts existed."""
+    from runtime.contract import GRAPH_SPECS
+
+    m = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert m["contract"] == {g: s.as_manifest() for g, s in GRAPH_SPECS.items()}
+    for p in ALL:
+        for graph, spec in GRAPH_SPECS.items():
+            io = m["precisions"][p]["graphs"][graph]
+            assert [i["name"] for i in io["inputs"]] == spec.input_names
+            assert [i["dtype"] for i in io["inputs"]] == [t.dtype for t in spec.inputs]
+    b = _copy(tiny_bundle, tmp_path / "b")
+    changed = json.loads(json.dumps(m))
+    changed["contract"]["vision"]["inputs"][1]["dtype"] = "int32"
+    (b / MANIFEST).write_text(json.dumps(changed))
+    with pytest.raises(ModelFilesError, match="not the contract this runtime feeds"):
+        ColLFM2.from_pretrained(b, precision="fp32")
+    old = {k: v for k, v in m.items() if k != "contract"}
+    (b / MANIFEST).write_text(json.dumps(old))
+    proc = ColLFM2Processor.from_pretrained(b)
+    assert ColLFM2.from_pretrained(b, precision="fp32")(**proc.process_queries(["hi"])).shape[-1] == 128
