@@ -72,9 +72,9 @@ def default_precision(
     return available[0]
 
 
-# Tiles per vision call. On a CPU one 1,024-patch tile already fills the GEMMs: an A4 page's 7
-# tiles ran 2-3 % faster one at a time than four at a time (fp32 and int8, 2-core VM), and its
-# vision peak fell from +295 to +14 MB (fp32). GPUs need the batch to fill the device.
+# Tiles per vision call. On a CPU one 1,024-patch tile already fills the GEMMs, so batching tiles
+# buys no speed and multiplies the activation peak (benchmarks/bench_rss.py measures it); GPUs
+# need the batch to fill the device.
 DEFAULT_VISION_BATCH = 4
 CPU_VISION_BATCH = 1
 
@@ -172,12 +172,10 @@ class ColLFM2:
             self.sessions = self._trt_sessions
         else:
             options = ort.SessionOptions()
-            # Memory, measured with benchmarks/bench_rss.py on the full model (2-core VM): ORT's CPU
-            # arena keeps the high-water mark of every run, so one A4 page (S = 1,800 attention
-            # scores) left fp32 at 3.4 GB and int8 at 2.4 GB for good. Without the arena (and the
-            # memory pattern that needs it) the peak is 2.4 / 1.4 GB and memory goes back after
-            # the run; page and query times moved by under 3 %, within noise. Initializers from
-            # the plain allocator: another ~45 MB less, no speed change.
+            # No CPU arena (nor the memory pattern that needs it): the arena keeps the high-water
+            # mark of every run for the process' life, so one A4 page (S = 1,800 attention scores)
+            # would pin a gigabyte for good; without it memory goes back after the run, at the same
+            # speed (benchmarks/results/rss.json; DESIGN.md "No ORT memory arena").
             options.enable_cpu_mem_arena = False
             options.enable_mem_pattern = False
             options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")

@@ -195,8 +195,7 @@ def _to_wch(image: np.ndarray) -> np.ndarray:
             h1 = min(span[1], h0 + _TRANSPOSE_ROWS)
             np.copyto(out[:, :, h0:h1], image[h0:h1].transpose(1, 2, 0))
 
-    # A pure memory shuffle with no BLAS inside: one thread per core halves it (9 -> 5 ms on an
-    # A4 page, 2 cores).
+    # A pure memory shuffle with no BLAS inside: it scales with threads, one span per core.
     parallel_map(rows, split_range(h, align=128) if h * w * c >= _PARALLEL_ELEMS else [(0, h)])
     return out.reshape(w, c * h)
 

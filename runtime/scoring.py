@@ -47,9 +47,9 @@ _MAXSIM_ONNX = {
         "CgVzaGFwZRIKCggIBxIECgIIA2IdCgRiZXN0EhUKEwgBEg8KCBIGZG9jc19uCgMSAXFCBAoAEBI="
     ),
 }
-# Rows per kernel call: whole documents, about this many rows (2 MB of fp16, 4 MB as fp32, one
-# L2 per core here). Measured on the 2-core VM over 10k pages: 4k-32k rows within 10 % of each
-# other, 8k the best; 256k rows (the fp32 copy spilling to DRAM) was 1.5x slower.
+# Rows per kernel call: whole documents, about this many rows (2 MB of fp16, 4 MB as fp32, about
+# one L2 per core), so the fp32 copy and the similarities stay in cache; far larger blocks spill
+# the copy to DRAM (benchmarks/bench_index.py).
 BLOCK_ROWS = 1 << 13
 _session_lock = threading.Lock()
 _sessions: dict = {}

@@ -90,9 +90,8 @@ def single_threaded_blas() -> Iterator[None]:
     """Hold numpy's BLAS to one thread while our own threads split its work.
 
     OpenBLAS threads one product across cores, then its workers spin for a while waiting for
-    the next: on 2 cores that spinning steals the core our second thread needs, and small
-    banded products thread badly anyway. Measured on an A4 page (2 cores): resize plus
-    transposition 38 ms with OpenBLAS threading vs 28 ms with one BLAS thread per worker.
+    the next: on a small core count that spinning steals the core our second thread needs, and
+    small banded products thread badly anyway (benchmarks/bench_preprocess.py shows the effect).
 
     The setting is process-wide, so it is reference-counted: it is set when the first caller
     enters and restored when the last one leaves. Without threadpoolctl (or with a BLAS it
