@@ -60,6 +60,7 @@ class PageSource:
 class Encoded:
     source: PageSource
     embeddings: np.ndarray  # [n, 128] real rows
+    layout: tuple[tuple[int, int, int], ...] = ()  # per tile: (first row, token grid h, w); runtime.compact
 
 
 @dataclass(frozen=True)
@@ -273,11 +274,13 @@ def encode_stream(
 
 
 def _run_batch(model: Any, batch: list, collate: Callable) -> Iterator[Encoded]:
+    from .compact import page_layout
     from .model import real_rows
 
     inputs = collate([page for _, page in batch])
-    for (src, _), rows in zip(batch, real_rows(model.encode(inputs), inputs["attention_mask"]), strict=True):
-        yield Encoded(src, rows)
+    for (src, page), rows in zip(batch, real_rows(model.encode(inputs), inputs["attention_mask"]), strict=True):
+        layout = page_layout(page.input_ids, page.spatial_shapes, model.image_token_id, model.downsample_factor)
+        yield Encoded(src, rows, layout)
 
 
 def image_sources(images: Iterable[Any]) -> Iterator[PageSource]:

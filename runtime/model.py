@@ -160,6 +160,7 @@ class ColLFM2:
         self._grid = int(m["position_grid"])
         self._max_patches = int(m["max_num_patches"])
         self._factor = int(m["downsample_factor"])
+        self.downsample_factor = self._factor
         self._max_tokens = int(m["tokens_per_tile"])
         # Bundles whose vision graph takes a dynamic patch count list the buckets to run it at.
         self.patch_buckets = sorted(int(b) for b in m.get("patch_buckets", [self._max_patches]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -163,11 +163,14 @@ def score_packed(
     clamp: bool = False,
     block_rows: int = BLOCK_ROWS,
     threads: int = 0,
+    decode: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """MaxSim of queries against documents stored back to back: document ``j`` is
     ``rows[offsets[j]:offsets[j+1]]``. ``rows`` may be an fp16 memory map (an index segment); it
     is read in runs of equal-length documents of about ``block_rows`` rows, promoted to float32
-    inside the kernel.
+    inside the kernel. ``decode`` turns a block of stored rows into float rows (compact int8 or
+    binary vectors): decoding block by block keeps the float copy in cache-sized pieces instead
+    of the whole segment.
 
     Returns [n_queries, n_documents] float32. An empty query or document scores 0.
     """
@@ -183,13 +186,16 @@ def score_packed(
     lengths = np.diff(offsets)
     best = np.zeros((n_docs, q_t.shape[1]), dtype=np.float32)  # empty documents keep 0
 
+    def block(lo: int, hi: int) -> np.ndarray:
+        return rows[lo:hi] if decode is None else decode(rows[lo:hi])
+
     def mixed(first: int, last: int) -> None:
         # Documents of different lengths: one call for the [rows, Nq] similarities, then a
         # per-document max in numpy (reduceat cannot express an empty document: skip those).
         lo, hi = int(offsets[first]), int(offsets[last])
         keep = np.flatnonzero(lengths[first:last] > 0)
         if len(keep):
-            sims = run_max(q_t, rows[lo:hi], hi - lo, threads)  # one row per "document"
+            sims = run_max(q_t, block(lo, hi), hi - lo, threads)  # one row per "document"
             best[first + keep] = np.maximum.reduceat(sims, offsets[first:last][keep] - lo, axis=0)
 
     # Runs of consecutive documents with the same row count (index pages of one source size
@@ -207,7 +213,7 @@ def score_packed(
             step = max(1, block_rows // length)
             for a in range(first, last, step):
                 b = min(a + step, last)
-                best[a:b] = run_max(q_t, rows[offsets[a] : offsets[b]], b - a, threads)
+                best[a:b] = run_max(q_t, block(int(offsets[a]), int(offsets[b])), b - a, threads)
             continue
         pending = first if pending is None else pending
         if offsets[last] - offsets[pending] >= block_rows:

@@ -49,6 +49,9 @@ class PageRecord:
     content_hash: str
     size: int
     embeddings: np.ndarray | None  # [n, dim], real rows only
+    # Where the page's image tokens sit among its rows, per tile: (first row, grid h, grid w).
+    # Row/column pooling needs it (runtime.compact.page_layout); other stores ignore it.
+    layout: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,11 @@ class Store(Protocol):
         """Stored paths whose files no longer exist."""
         ...
 
-    def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[Hit]]:
-        """Exact MaxSim of each query [n_q, dim] against every page; top ``k`` per query."""
+    def search(
+        self, queries: Sequence[np.ndarray], k: int = 10, rerank: int | None = None, exact: bool = False
+    ) -> list[list[Hit]]:
+        """MaxSim of each query [n_q, dim] against every page; top ``k`` per query. A two-stage store
+        ranks its ``rerank`` best candidates exactly; ``exact`` scores every page exactly."""
         ...
 
     def info(self) -> dict[str, Any]:
