@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import QueryError, StoreError, UserError
-from .index import DB, Index, PageRecord, bundle_identity
+from .index import DB, DEFAULT_RERANK, Index, PageRecord, bundle_identity
 from .ingest import DEFAULT_BATCH_TILES, DEFAULT_DPI, Encoded, Failed, Skipped, encode_stream, iter_sources, progress
 
 __all__ = ["add_parsers", "run_command"]
@@ -86,6 +86,26 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collection", default="collfm2", help="qdrant: collection name (default collfm2)")
 
 
+def _compact_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compact", metavar="KIND", type=_compaction, default=None,
+                   help="when creating a local index: also store compact vectors and search them first: int8, "
+                   "binary, rowcol, hier:F (pool factor F) or pool:K (at most K per page); see README")  # fmt: skip
+    p.add_argument(
+        "--drop-originals",
+        action="store_true",
+        help="when creating: keep only the compact vectors (smallest; scores are the compact ones)",
+    )
+
+
+def _compaction(text: str) -> Any:
+    from .compact import Compaction
+
+    try:
+        return Compaction.parse(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders, PDFs")
     p.add_argument("--dpi", type=_positive, default=DEFAULT_DPI, help=f"PDF rasterisation (default {DEFAULT_DPI})")
@@ -109,6 +129,7 @@ def add_parsers(sub: Any) -> None:
     _bundle_args(add, required=False)
     add.add_argument("--commit-pages", type=_positive, default=DEFAULT_COMMIT_PAGES,
                      help="pages per commit (a file's pages always commit together)")  # fmt: skip
+    _compact_args(add)
     _ingest_args(add)
     info = isub.add_parser("info", help="what the index holds and which bundle made it")
     _store_args(info)
@@ -121,6 +142,13 @@ def add_parsers(sub: Any) -> None:
     cmp_ = isub.add_parser("compact", help="rewrite live rows so removed and replaced pages stop taking space")
     _store_args(cmp_)
     _backend_arg(cmp_, stores=True)
+    imp = isub.add_parser("import", help="add pages encoded elsewhere (encode's .npz, e.g. from a GPU box)")
+    _store_args(imp)
+    _backend_arg(imp, stores=True)
+    imp.add_argument("--commit-pages", type=_positive, default=DEFAULT_COMMIT_PAGES, help="pages per commit")
+    _compact_args(imp)
+    imp.add_argument("--bundle", help="creating the index: this machine's copy of the bundle that encoded the files")
+    imp.add_argument("npz", nargs="+", metavar="FILE.npz")
     rm = isub.add_parser("remove", help="forget every page of the given files (or folders)")
     _store_args(rm)
     _backend_arg(rm, stores=True)
@@ -139,6 +167,13 @@ def add_parsers(sub: Any) -> None:
     _backend_arg(srch, stores=True)
     _bundle_args(srch, required=False)
     srch.add_argument("-k", type=_positive, default=10, help="results (default 10)")
+    srch.add_argument(
+        "--rerank",
+        type=_positive,
+        default=None,
+        help=f"two-stage indexes: candidates the exact stage ranks (default {DEFAULT_RERANK})",
+    )
+    srch.add_argument("--exact", action="store_true", help="two-stage indexes: exact MaxSim over every page")
     srch.add_argument("--json", action="store_true", help='[{"rank", "score", "path", "page"}, ...]')
     srch.add_argument("query", nargs="+", help="query text (several words are joined)")
 
@@ -153,25 +188,28 @@ def run_command(args: argparse.Namespace) -> int:
         if args.cmd not in ("encode", "selftest") and not args.index and not (args.store == "qdrant" and args.url):
             raise UserError("--index DIR is required (or --backend qdrant --url URL)")
         if args.store == "qdrant":
-            _require_qdrant()  # before a model is loaded for nothing
+            _require_qdrant(bool(args.url))  # before a model is loaded for nothing
         if args.cmd == "encode":
             return _encode(args)
         if args.cmd == "selftest":
             return _selftest(args)
         if args.cmd == "search":
             return _search(args)
-        actions = {"add": _add, "info": _info, "remove": _remove, "check": _check, "compact": _compact}
+        actions = {"add": _add, "info": _info, "remove": _remove, "check": _check, "compact": _compact,
+                   "import": _import}  # fmt: skip
         return actions[args.action](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _require_qdrant() -> None:
+def _require_qdrant(server: bool) -> None:
+    """A Qdrant server is reached with qdrant-client; the embedded store is qdrant-edge-py."""
+    name, what = ("qdrant_client", "qdrant-client") if server else ("qdrant_edge", "qdrant-edge-py")
     try:
-        import qdrant_client  # noqa: F401
+        __import__(name)
     except ImportError:
-        raise UserError("the qdrant backend needs qdrant-client (pip install 'collfm2-edge[qdrant]')") from None
+        raise UserError(f"the qdrant store needs {what} (pip install 'collfm2-edge[qdrant]')") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,13 +228,22 @@ def _load(bundle_dir: str, precision: str | None, threads: int | None, backend: 
 @contextlib.contextmanager
 def _open_store(args: argparse.Namespace, identity: dict[str, str] | None = None) -> Iterator[Any]:
     """The store named by --index/--backend; created (recording ``identity``) when it is new."""
-    if args.store == "qdrant":
+    compact = getattr(args, "compact", None)
+    keep = not getattr(args, "drop_originals", False)
+    if args.store == "qdrant" and args.url:
         from .qdrant_store import QdrantStore
 
-        store = QdrantStore.open(args.url or args.index, args.collection, identity)
+        store = QdrantStore.open(args.url, args.collection, identity)
+    elif args.store == "qdrant":  # embedded: the real engine in-process
+        from .qdrant_edge_store import QdrantEdgeStore
+
+        store = QdrantEdgeStore.open(args.index, identity, compact, keep)
     else:
         root = Path(args.index)
-        store = Index.open(root) if (root / DB).exists() or identity is None else Index.create(root, identity)
+        if (root / DB).exists() or identity is None:
+            store = Index.open(root)
+        else:
+            store = Index.create(root, identity, compact, keep_originals=keep)
     try:
         yield store
     finally:
@@ -204,8 +251,12 @@ def _open_store(args: argparse.Namespace, identity: dict[str, str] | None = None
 
 
 def _exists(args: argparse.Namespace) -> bool:
-    if args.store == "qdrant":
+    if args.store == "qdrant" and args.url:
         return True
+    if args.store == "qdrant":
+        from .qdrant_edge_store import META
+
+        return (Path(args.index) / META).is_file()
     root = Path(args.index)
     if root.exists() and not root.is_dir():
         raise StoreError(f"{root}: is a file, not an index directory")
@@ -221,7 +272,7 @@ def _encode(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; name the .npz file to write")
     model = _load(args.bundle, args.precision, args.threads, args.engine)
-    rows, offsets, names, pages = [], [0], [], []
+    rows, offsets, names, pages, hashes, sizes, layouts = [], [0], [], [], [], [], []
     failed = 0
     bar = progress(None, "encode", enabled=False if args.no_progress else None)
     for item in encode_stream(model, model.processor, iter_sources(args.paths, args.dpi), args.batch_tiles):
@@ -236,6 +287,9 @@ def _encode(args: argparse.Namespace) -> int:
         offsets.append(offsets[-1] + len(item.embeddings))
         names.append(item.source.path)
         pages.append(item.source.page)
+        hashes.append(item.source.content_hash)
+        sizes.append(item.source.size)
+        layouts.append(item.layout)
         bar.update()
     bar.close()
     if not names:
@@ -250,6 +304,12 @@ def _encode(args: argparse.Namespace) -> int:
             offsets=np.asarray(offsets, np.int64),
             names=np.asarray(names, dtype=str),
             pages=np.asarray(pages, np.int64),
+            # What `index import` needs to store these pages as `index add` would have.
+            content_hashes=np.asarray(hashes, dtype=str),
+            sizes=np.asarray(sizes, np.int64),
+            layout_offsets=np.asarray(np.cumsum([0] + [len(x) for x in layouts]), np.int64),
+            layouts=np.asarray([u for lay in layouts for u in lay], np.int64).reshape(-1, 3),
+            identity=np.asarray(json.dumps(bundle_identity(model.bundle, model.precision))),
         )
         tmp.replace(out)
     except OSError as exc:
@@ -301,6 +361,7 @@ def _add(args: argparse.Namespace) -> int:
             if not opened:
                 s = stack.enter_context(_open_store(args, identity))
                 s.check_bundle(identity)
+                _check_compact(s, args)
                 stack.enter_context(s.writer())
                 opened.append(s)
             return opened[0]
@@ -361,7 +422,7 @@ def _add(args: argparse.Namespace) -> int:
                 at_file(src.path)
                 if src.note and src.page == 1:
                     print(f"note: {src.note}", file=sys.stderr)
-                pending.append(PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings))
+                pending.append(PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings, item.layout))
             bar.update()
         if pending:
             commit()
@@ -371,6 +432,81 @@ def _add(args: argparse.Namespace) -> int:
     print(f"added {added} page(s){extra}, skipped {skipped} already indexed, {failed} failed, in {secs:.1f}s")
     if failed:
         return 1 if added or skipped else 2
+    return 0
+
+
+def _check_compact(store: Any, args: argparse.Namespace) -> None:
+    """--compact / --drop-originals are fixed when an index is created; later runs must agree."""
+    want, have = getattr(args, "compact", None), getattr(store, "compaction", None)
+    if want is not None and str(want) != str(have):
+        raise StoreError(f"{args.index or args.url}: this store's compact representation is {have or 'none'}, not "
+                         f"{want}; it is chosen when the index is created (use a new --index)")  # fmt: skip
+    if getattr(args, "drop_originals", False) and getattr(store, "keeps_originals", True):
+        raise StoreError(f"{args.index}: this index keeps its original vectors; --drop-originals applies at creation")
+
+
+def _read_npz(path: Path) -> tuple[dict[str, str], list[PageRecord]]:
+    """An ``encode`` output -> (the bundle identity it was made with, its pages)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: not a readable .npz ({exc})") from exc
+    need = ("embeddings", "offsets", "names", "pages", "content_hashes", "sizes", "identity")
+    missing = [k for k in need if k not in data]
+    if missing:
+        raise StoreError(f"{path}: lacks {', '.join(missing)}; encode it again with this version "
+                         "(python -m runtime encode)")  # fmt: skip
+    try:
+        identity = json.loads(str(data["identity"]))
+    except ValueError as exc:
+        raise StoreError(f"{path}: its bundle identity is not valid JSON") from exc
+    emb, off = data["embeddings"], data["offsets"]
+    n = len(data["names"])
+    if len(off) != n + 1 or off[-1] != len(emb) or emb.ndim != 2:
+        raise StoreError(f"{path}: offsets, names and embeddings disagree; the file is damaged")
+    lay_off = data.get("layout_offsets", np.zeros(n + 1, np.int64))
+    lays = data.get("layouts", np.zeros((0, 3), np.int64))
+    records = []
+    for i in range(n):
+        layout = tuple(tuple(int(v) for v in u) for u in lays[lay_off[i] : lay_off[i + 1]]) if len(lay_off) > i else ()
+        rows = emb[off[i] : off[i + 1]].astype(np.float32)
+        path, page, digest = str(data["names"][i]), int(data["pages"][i]), str(data["content_hashes"][i])
+        records.append(PageRecord(path, page, digest, int(data["sizes"][i]), rows, layout))
+    return identity, records
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Pages encoded elsewhere into the index: same bundle (checked), same commits as ``add``."""
+    from .bundle import open_bundle
+    from .store import check_identity
+
+    added = 0
+    for name in args.npz:
+        identity, records = _read_npz(Path(name))
+        if not _exists(args):
+            # Created here, the index must name this machine's copy of the bundle (searches load it).
+            if not args.bundle:
+                raise StoreError(f"{args.index}: no index yet; pass --bundle (this machine's copy of the bundle "
+                                 f"that encoded {name})")  # fmt: skip
+            local = bundle_identity(open_bundle(args.bundle, verify=False), identity.get("precision", ""))
+            check_identity(f"--bundle {args.bundle}", local, identity, f"it did not encode {name}")
+            identity = local
+        with _open_store(args, identity) as store, store.writer():
+            store.check_bundle(identity)
+            _check_compact(store, args)
+            stored = {(p["path"], p["page"]): p["content_hash"] for p in store.pages()}
+            fresh = [r for r in records if stored.get((r.path, r.page)) != r.content_hash]
+            by_file: list[PageRecord] = []
+            for i, r in enumerate(fresh):  # commit between files, as add does
+                by_file.append(r)
+                if len(by_file) >= args.commit_pages and (i + 1 == len(fresh) or fresh[i + 1].path != r.path):
+                    added += store.add_batch(by_file)
+                    by_file = []
+            if by_file:
+                added += store.add_batch(by_file)
+        print(f"{name}: {len(records)} page(s), {len(records) - len(fresh)} already indexed")
+    print(f"imported {added} page(s)")
     return 0
 
 
@@ -431,6 +567,10 @@ def _remove(args: argparse.Namespace) -> int:
     return 0 if n else 1
 
 
+def _search_store(store: Any, q: np.ndarray, args: argparse.Namespace) -> list[Any]:
+    return store.search([q], k=args.k, rerank=args.rerank, exact=args.exact)[0]
+
+
 def _search(args: argparse.Namespace) -> int:
     query = " ".join(args.query)
     try:
@@ -444,7 +584,7 @@ def _search(args: argparse.Namespace) -> int:
         )
         store.check_bundle(bundle_identity(model.bundle, model.precision))
         (q,) = model.embed_queries([query])
-        hits = store.search([q], k=args.k)[0]
+        hits = _search_store(store, q, args)
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], allow_nan=False))
         return 0

@@ -43,13 +43,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import StoreError
+from .compact import Compaction
+from .errors import InputError, StoreError
 from .scoring import score_packed
 from .store import Hit, PageRecord, bundle_identity, check_identity, decode_path, encode_path
+from .workers import parallel_map
 
 __all__ = ["Hit", "Index", "PageRecord", "bundle_identity", "check_identity", "decode_path", "encode_path"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB = "index.sqlite"
 SEGMENTS = "segments"
 LOCK = "index.lock"
@@ -60,7 +62,9 @@ VERIFY_ON_OPEN_BYTES = 256 << 20
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE segments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL, sha256 TEXT NOT NULL
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file TEXT UNIQUE, rows INTEGER NOT NULL, sha256 TEXT,
+    cfile TEXT UNIQUE, crows INTEGER NOT NULL DEFAULT 0, csha256 TEXT
 );
 CREATE TABLE intents (file TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE pages (
@@ -73,11 +77,17 @@ CREATE TABLE pages (
     segment INTEGER NOT NULL REFERENCES segments(id),
     row_start INTEGER NOT NULL,
     row_count INTEGER NOT NULL,
+    c_start INTEGER NOT NULL DEFAULT 0,
+    c_count INTEGER NOT NULL DEFAULT 0,
     UNIQUE (path, page)
 );
 CREATE INDEX pages_hash ON pages(content_hash);
 CREATE INDEX pages_segment ON pages(segment);
 """
+# A segment holds one commit's originals (``file``: fp16 rows, NULL when the index drops them) and,
+# when the index has a compact representation, its compact vectors (``cfile``, runtime.compact).
+# A page's rows are [row_start, +row_count) of the one and [c_start, +c_count) of the other.
+DEFAULT_RERANK = 100
 
 T = TypeVar("T")
 
@@ -124,6 +134,8 @@ class Index:
         self._maps: dict[tuple[int, str], np.ndarray] = {}
         self._verified: set[tuple[int, str]] = set()
         self._locked = False
+        self.compaction: Compaction | None = None  # read from meta by open()
+        self.keeps_originals = True
 
     # -- opening --------------------------------------------------------------------------
 
@@ -138,10 +150,23 @@ class Index:
         return conn
 
     @classmethod
-    def create(cls, root: str | os.PathLike, identity: dict[str, str]) -> Index:
+    def create(
+        cls,
+        root: str | os.PathLike,
+        identity: dict[str, str],
+        compact: Compaction | str | None = None,
+        keep_originals: bool = True,
+    ) -> Index:
         """A new empty index at ``root`` (absent, or an empty directory), all at once: it is built
-        beside ``root`` and renamed into place, so a crash leaves no half-made index."""
+        beside ``root`` and renamed into place, so a crash leaves no half-made index.
+
+        ``compact``: a compact representation (``runtime.compact``) stored beside every page's
+        rows and searched first; ``keep_originals=False`` stores only it (smallest; its scores
+        are then the compact ones)."""
         root = Path(root)
+        kind = Compaction.parse(compact) if isinstance(compact, str) else compact
+        if not keep_originals and kind is None:
+            raise StoreError("an index that drops the original vectors needs a compact representation (--compact)")
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root}: is a file, not an index directory")
         if (root / DB).exists():
@@ -160,7 +185,9 @@ class Index:
                 with _transaction(conn):
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         conn.execute(statement)
-                    rows = {"schema_version": str(SCHEMA_VERSION), "created": _now_iso(), **identity}
+                    rows = {"schema_version": str(SCHEMA_VERSION), "created": _now_iso(), **identity,
+                            "compact": str(kind) if kind else "none",
+                            "originals": "kept" if keep_originals else "dropped"}  # fmt: skip
                     conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", sorted(rows.items()))
             finally:
                 conn.close()
@@ -199,8 +226,8 @@ class Index:
             raise StoreError(f"{root / DB}: not a readable index database ({exc})") from exc
         index = cls(root, conn)
         version = meta.get("schema_version")
-        if version == "1":
-            index._migrate_v1()
+        if version in ("1", "2"):
+            index._migrate(int(version))
         elif version != str(SCHEMA_VERSION):
             conn.close()
             raise StoreError(f"{root}: index schema {version!r}, this runtime reads {SCHEMA_VERSION}")
@@ -208,32 +235,45 @@ class Index:
             if key not in meta:
                 conn.close()
                 raise StoreError(f"{root / DB}: meta has no {key!r}; the index is damaged")
+        kind = meta.get("compact", "none")
+        try:
+            index.compaction = None if kind == "none" else Compaction.parse(kind)
+        except InputError as exc:
+            conn.close()
+            raise StoreError(f"{root / DB}: meta compact={kind!r} is not a representation this runtime knows") from exc
+        index.keeps_originals = meta.get("originals", "kept") != "dropped"
         return index
 
-    def _migrate_v1(self) -> None:
-        """Schema 1 (paths as text, one page per content hash, reusable segment ids) -> 2, in one
-        transaction. Files are untouched; segment ids continue above the old maximum."""
+    def _migrate(self, version: int) -> None:
+        """Schema 1 (paths as text, one page per content hash, reusable segment ids) or 2 (no
+        compact vectors) -> 3, in one transaction. Files are untouched; segment ids continue
+        above the old maximum."""
+        path = "CAST(path AS BLOB)" if version == 1 else "path"
         try:
             with _transaction(self.conn):
                 c = self.conn
-                c.execute("ALTER TABLE segments RENAME TO segments_v1")
-                c.execute("ALTER TABLE pages RENAME TO pages_v1")
-                c.execute("DROP INDEX IF EXISTS pages_path")
+                c.execute("ALTER TABLE segments RENAME TO segments_old")
+                c.execute("ALTER TABLE pages RENAME TO pages_old")
+                for index in ("pages_path", "pages_hash", "pages_segment"):
+                    c.execute(f"DROP INDEX IF EXISTS {index}")
                 for statement in filter(str.strip, _SCHEMA.split(";")):
-                    if "TABLE meta" not in statement:
+                    if "TABLE meta" not in statement and not (version == 2 and "TABLE intents" in statement):
                         c.execute(statement)
-                c.execute("INSERT INTO segments(id, file, rows, sha256) SELECT id, file, rows, sha256 FROM segments_v1")
+                c.execute("INSERT INTO segments(id, file, rows, sha256) "
+                          "SELECT id, file, rows, sha256 FROM segments_old")  # fmt: skip
                 c.execute(
                     "INSERT INTO pages(path, page, content_hash, size, added, segment, row_start, row_count) "
-                    "SELECT CAST(path AS BLOB), page, content_hash, size, added, segment, row_start, row_count "
-                    "FROM pages_v1 ORDER BY id"
+                    f"SELECT {path}, page, content_hash, size, added, segment, row_start, row_count "
+                    "FROM pages_old ORDER BY id"
                 )
-                c.execute("DROP TABLE pages_v1")
-                c.execute("DROP TABLE segments_v1")
+                c.execute("DROP TABLE pages_old")
+                c.execute("DROP TABLE segments_old")
                 c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                c.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
+                              [("compact", "none"), ("originals", "kept")])  # fmt: skip
         except sqlite3.Error as exc:
             raise StoreError(
-                f"{self.root}: index schema 1 needs a one-time upgrade, which failed ({exc}); "
+                f"{self.root}: index schema {version} needs a one-time upgrade, which failed ({exc}); "
                 "run the command again with write access to the index"
             ) from exc
 
@@ -297,12 +337,12 @@ class Index:
     def _recover(self) -> None:
         """Prove the database whole, then delete exactly what an interrupted writer left."""
         problems = self._integrity()
-        known = {f: rows for f, rows in self.conn.execute("SELECT file, rows FROM segments NOT INDEXED")}
+        known = self._segment_files()
         doomed = {f for (f,) in self.conn.execute("SELECT file FROM intents")}
         on_disk = {f.name: f for f in (self.root / SEGMENTS).iterdir()}
-        for name, rows in known.items():
+        for name, (size, _) in known.items():
             f = on_disk.get(name)
-            if f is None or f.stat().st_size != rows * self.dim * 2:
+            if f is None or f.stat().st_size != size:
                 problems.append(f"segment {name} is missing or has the wrong size")
         strays = [n for n in on_disk if n not in known and n not in doomed and not n.startswith(".tmp-")]
         if strays:
@@ -318,6 +358,19 @@ class Index:
         if doomed:
             with _transaction(self.conn):
                 self.conn.executemany("DELETE FROM intents WHERE file = ?", [(f,) for f in doomed])
+
+    def _segment_files(self) -> dict[str, tuple[int, str]]:
+        """Every file the segments table references (full scan, no index): name -> (bytes, sha256)."""
+        out = {}
+        row_bytes = self.compaction.row_bytes(self.dim) if self.compaction else 0
+        for file, rows, sha, cfile, crows, csha in self.conn.execute(
+            "SELECT file, rows, sha256, cfile, crows, csha256 FROM segments NOT INDEXED"
+        ):
+            if file is not None:
+                out[file] = (rows * self.dim * 2, sha)
+            if cfile is not None:
+                out[cfile] = (crows * row_bytes, csha)
+        return out
 
     def _integrity(self) -> list[str]:
         rows = [r for (r,) in self.conn.execute("PRAGMA integrity_check")]
@@ -361,42 +414,55 @@ class Index:
         if not fresh:
             return 0
         encoded = [r for r in fresh if r.embeddings is not None]
-        name = None
+        files: dict[str, tuple[str, bytes, int]] = {}  # column -> (file name, bytes, rows)
+        counts: list[tuple[int, int]] = []  # per encoded record: (original rows, compact rows)
         if encoded:
-            rows = np.concatenate([r.embeddings for r in encoded]).astype(np.float16)
-            if not np.isfinite(rows).all():
-                raise StoreError("embeddings overflow float16; not stored")
-            name = f"{uuid.uuid4().hex}.f16"
-            data = rows.tobytes()
-            self._db(lambda: self._intend([name]))
-            self._write_segment(name, data)
+            # Pooling is per page and releases the GIL in numpy and scipy: one page per core.
+            kind = self.compaction
+            compact = parallel_map(lambda r: kind.encode(r.embeddings, r.layout), encoded) if kind else []
+            counts = [(len(r.embeddings), len(compact[i]) if compact else 0) for i, r in enumerate(encoded)]
+            if self.keeps_originals:
+                rows = np.concatenate([r.embeddings for r in encoded]).astype(np.float16)
+                if not np.isfinite(rows).all():
+                    raise StoreError("embeddings overflow float16; not stored")
+                files["file"] = (f"{uuid.uuid4().hex}.f16", rows.tobytes(), len(rows))
+            if compact:
+                packed = np.concatenate(compact)
+                files["cfile"] = (f"{uuid.uuid4().hex}{self.compaction.suffix}", packed.tobytes(), len(packed))
+            self._db(lambda: self._intend([f for f, _, _ in files.values()]))
+            for name, data, _ in files.values():
+                self._write_segment(name, data)
         now = time.time()
 
         def commit() -> None:
             with _transaction(self.conn):
                 seg_id = None
-                if name is not None:
+                if encoded:
+                    orig, comp = files.get("file"), files.get("cfile")
                     cur = self.conn.execute(
-                        "INSERT INTO segments(file, rows, sha256) VALUES (?, ?, ?)",
-                        (name, len(rows), hashlib.sha256(data).hexdigest()),
-                    )
+                        "INSERT INTO segments(file, rows, sha256, cfile, crows, csha256) VALUES (?, ?, ?, ?, ?, ?)",
+                        (orig[0] if orig else None, orig[2] if orig else sum(c[0] for c in counts),
+                         hashlib.sha256(orig[1]).hexdigest() if orig else None, comp[0] if comp else None,
+                         comp[2] if comp else 0, hashlib.sha256(comp[1]).hexdigest() if comp else None),
+                    )  # fmt: skip
                     seg_id = cur.lastrowid
-                    self.conn.execute("DELETE FROM intents WHERE file = ?", (name,))
+                    self.conn.executemany("DELETE FROM intents WHERE file = ?", [(f,) for f, _, _ in files.values()])
                 # Shared rows are looked up before this commit replaces anything: the bytes may be
                 # an old version of a file this very batch updates.
-                spans, start = [], 0
+                spans, start, cstart, k = [], 0, 0, 0
                 for r in fresh:
                     if r.embeddings is not None:
-                        spans.append((seg_id, start, len(r.embeddings)))
-                        start += len(r.embeddings)
+                        n, m = counts[k]
+                        spans.append((seg_id, start, n, cstart, m))
+                        start, cstart, k = start + n, cstart + m, k + 1
                     else:
                         spans.append(self._span_of(r.content_hash))
                 for path in {encode_path(r.path) for r in fresh}:  # replace what these files held
                     self.conn.execute("DELETE FROM pages WHERE path = ?", (path,))
                 for r, span in zip(fresh, spans, strict=True):
                     self.conn.execute(
-                        "INSERT INTO pages(path, page, content_hash, size, added, segment, row_start, row_count) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO pages(path, page, content_hash, size, added, segment, row_start, row_count, "
+                        "c_start, c_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (encode_path(r.path), r.page, r.content_hash, r.size, now, *span),
                     )
                 self._doom_unreferenced()
@@ -405,9 +471,10 @@ class Index:
         self._delete_doomed()
         return len(fresh)
 
-    def _span_of(self, content_hash: str) -> tuple[int, int, int]:
+    def _span_of(self, content_hash: str) -> tuple[int, int, int, int, int]:
         row = self.conn.execute(
-            "SELECT segment, row_start, row_count FROM pages WHERE content_hash = ? LIMIT 1", (content_hash,)
+            "SELECT segment, row_start, row_count, c_start, c_count FROM pages WHERE content_hash = ? LIMIT 1",
+            (content_hash,),
         ).fetchone()
         if row is None:  # removed by another writer since page_state said "alias": cannot happen under writer()
             raise StoreError(f"no stored page holds content {content_hash[:12]}...; add the file again")
@@ -439,17 +506,19 @@ class Index:
     def _doom_unreferenced(self) -> None:
         """Inside a transaction: segments no page uses any more become intents (deleted after commit)."""
         dead = self.conn.execute(
-            "SELECT id, file FROM segments WHERE id NOT IN (SELECT DISTINCT segment FROM pages)"
+            "SELECT id, file, cfile FROM segments WHERE id NOT IN (SELECT DISTINCT segment FROM pages)"
         ).fetchall()
-        for seg_id, file in dead:
-            self.conn.execute("INSERT OR IGNORE INTO intents(file, since) VALUES (?, ?)", (file, time.time()))
+        for seg_id, *names in dead:
+            for file in filter(None, names):
+                self.conn.execute("INSERT OR IGNORE INTO intents(file, since) VALUES (?, ?)", (file, time.time()))
             self.conn.execute("DELETE FROM segments WHERE id = ?", (seg_id,))
 
     def _delete_doomed(self) -> None:
         """After a commit: delete the files it doomed, then forget them. A crash in between leaves
         intents that the next writer's ``_recover`` completes."""
         doomed = self._db(lambda: [f for (f,) in self.conn.execute(
-            "SELECT file FROM intents WHERE file NOT IN (SELECT file FROM segments)")])  # fmt: skip
+            "SELECT file FROM intents WHERE file NOT IN (SELECT file FROM segments WHERE file IS NOT NULL) "
+            "AND file NOT IN (SELECT cfile FROM segments WHERE cfile IS NOT NULL)")])  # fmt: skip
         for f in doomed:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / SEGMENTS / f).unlink()
@@ -489,49 +558,59 @@ class Index:
         self._need_writer()
 
         def plan() -> tuple[list[tuple], list[tuple]]:
-            segs = self.conn.execute("SELECT id, file, rows FROM segments").fetchall()
+            segs = self.conn.execute("SELECT id, file, rows, cfile, crows FROM segments").fetchall()
             spans = self.conn.execute(
-                "SELECT DISTINCT segment, row_start, row_count FROM pages ORDER BY segment, row_start"
+                "SELECT DISTINCT segment, row_start, row_count, c_start, c_count FROM pages ORDER BY segment, row_start"
             ).fetchall()
             return segs, spans
 
         segs, spans = self._db(plan)
-        live = {}
-        for seg, _start, count in spans:
-            live[seg] = live.get(seg, 0) + count
-        sparse = [(i, f, r) for i, f, r in segs if live.get(i, 0) < r]
-        before = sum(r for _, _, r in segs)
+        live: dict[int, list[int]] = {}
+        for seg, _a, count, _c, ccount in spans:
+            acc = live.setdefault(seg, [0, 0])
+            acc[0] += count
+            acc[1] += ccount
+        sparse = {i: (f, r, cf, cr) for i, f, r, cf, cr in segs if live.get(i, [0, 0]) != [r, cr]}
+        before = sum(r for _, _, r, _, _ in segs)
         if not sparse:
             return {"rows_before": before, "rows_after": before, "segments_rewritten": 0}
-        ids = {i for i, _, _ in sparse}
-        moved = [(s, a, c) for s, a, c in spans if s in ids]
-        parts, new_span, cursor = [], {}, 0
-        for seg, start, count in moved:
-            file, rows = next((f, r) for i, f, r in sparse if i == seg)
-            arr = self._segment(seg, file, rows, verify=True)  # never launder damage into a fresh checksum
-            parts.append(np.asarray(arr[start : start + count]))
-            new_span[(seg, start, count)] = (cursor, count)
-            cursor += count
-        name = f"{uuid.uuid4().hex}.f16"
-        data = np.concatenate(parts).astype(np.float16).tobytes() if parts else b""
+        parts, cparts, new_span, cursor, ccursor = [], [], {}, 0, 0
+        for span in [sp for sp in spans if sp[0] in sparse]:
+            seg, start, count, cstart, ccount = span
+            file, rows, cfile, crows = sparse[seg]
+            # Verified first: never launder damage into a fresh checksum.
+            if file is not None:
+                parts.append(np.asarray(self._segment(seg, file, rows, verify=True)[start : start + count]))
+            if cfile is not None:
+                cparts.append(self._compact_data(seg, cfile, crows, verify=True)[cstart : cstart + ccount])
+            new_span[span] = (cursor, ccursor)
+            cursor, ccursor = cursor + count, ccursor + ccount
+        files: dict[str, tuple[str, bytes]] = {}
         if parts:
-            self._db(lambda: self._intend([name]))
-            self._write_segment(name, data)
+            files["file"] = (f"{uuid.uuid4().hex}.f16", np.concatenate(parts).astype(np.float16).tobytes())
+        if cparts:
+            files["cfile"] = (f"{uuid.uuid4().hex}{self.compaction.suffix}", np.concatenate(cparts).tobytes())
+        if files:
+            self._db(lambda: self._intend([f for f, _ in files.values()]))
+            for name, data in files.values():
+                self._write_segment(name, data)
 
         def commit() -> None:
             with _transaction(self.conn):
                 new_id = None
-                if parts:
+                if new_span:
+                    orig, comp = files.get("file"), files.get("cfile")
                     new_id = self.conn.execute(
-                        "INSERT INTO segments(file, rows, sha256) VALUES (?, ?, ?)",
-                        (name, cursor, hashlib.sha256(data).hexdigest()),
-                    ).lastrowid
-                    self.conn.execute("DELETE FROM intents WHERE file = ?", (name,))
-                for (seg, start, count), (new_start, _) in new_span.items():
+                        "INSERT INTO segments(file, rows, sha256, cfile, crows, csha256) VALUES (?, ?, ?, ?, ?, ?)",
+                        (orig[0] if orig else None, cursor, hashlib.sha256(orig[1]).hexdigest() if orig else None,
+                         comp[0] if comp else None, ccursor, hashlib.sha256(comp[1]).hexdigest() if comp else None),
+                    ).lastrowid  # fmt: skip
+                    self.conn.executemany("DELETE FROM intents WHERE file = ?", [(f,) for f, _ in files.values()])
+                for (seg, start, count, cstart, ccount), (new_start, new_cstart) in new_span.items():
                     self.conn.execute(
-                        "UPDATE pages SET segment = ?, row_start = ? "
-                        "WHERE segment = ? AND row_start = ? AND row_count = ?",
-                        (new_id, new_start, seg, start, count),
+                        "UPDATE pages SET segment = ?, row_start = ?, c_start = ? "
+                        "WHERE segment = ? AND row_start = ? AND row_count = ? AND c_start = ? AND c_count = ?",
+                        (new_id, new_start, new_cstart, seg, start, count, cstart, ccount),
                     )
                 self._doom_unreferenced()
 
@@ -564,10 +643,30 @@ class Index:
             self._verify(seg_id, file, arr)
         return arr
 
-    def _verify(self, seg_id: int, file: str, arr: np.ndarray) -> None:
-        (digest,) = self._db(
-            lambda: self.conn.execute("SELECT sha256 FROM segments WHERE id = ?", (seg_id,)).fetchone()
-        )
+    def _compact_data(self, seg_id: int, cfile: str, crows: int, verify: bool = False) -> np.ndarray:
+        """A segment's compact vectors, read into RAM once per process: [crows, row_bytes] uint8."""
+        key = (seg_id, cfile)
+        data = self._maps.get(key)
+        if data is None:
+            path = self.root / SEGMENTS / cfile
+            width = self.compaction.row_bytes(self.dim)
+            try:
+                data = np.fromfile(path, dtype=np.uint8)
+            except OSError:
+                data = np.zeros(0, np.uint8)
+            if data.size != crows * width:
+                raise StoreError(
+                    f"{path}: missing or wrong size (expected {crows * width} bytes); the index is damaged"
+                )
+            data = data.reshape(crows, width)
+            self._maps[key] = data
+        if verify and key not in self._verified:
+            self._verify(seg_id, cfile, data, "csha256")
+        return data
+
+    def _verify(self, seg_id: int, file: str, arr: np.ndarray, column: str = "sha256") -> None:
+        sql = f"SELECT {column} FROM segments WHERE id = ?"
+        (digest,) = self._db(lambda: self.conn.execute(sql, (seg_id,)).fetchone())
         if hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest() != digest:
             raise StoreError(
                 f"{self.root / SEGMENTS / file}: contents do not match the checksum recorded at commit; "
@@ -586,15 +685,16 @@ class Index:
             c = self.conn
             n_pages = c.execute("SELECT COUNT(*) FROM pages").fetchone()[0]
             live = c.execute(
-                "SELECT COALESCE(SUM(row_count), 0), COUNT(*) FROM (SELECT DISTINCT segment, row_start, row_count "
-                "FROM pages)"
+                "SELECT COALESCE(SUM(row_count), 0), COALESCE(SUM(c_count), 0), COUNT(*) FROM "
+                "(SELECT DISTINCT segment, row_start, row_count, c_start, c_count FROM pages)"
             ).fetchone()
             segs = c.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
             paths = c.execute("SELECT COUNT(DISTINCT path) FROM pages").fetchone()[0]
             return n_pages, live, segs, paths
 
-        n_pages, (live_rows, stored), (n_segs, all_rows), n_files = self._db(q)
-        size = sum(f.stat().st_size for f in (self.root / SEGMENTS).iterdir())
+        n_pages, (live_rows, live_c, stored), (n_segs, all_rows), n_files = self._db(q)
+        files = list((self.root / SEGMENTS).iterdir())
+        kind = self.compaction
         return {
             **self.meta,
             "files": n_files,
@@ -603,97 +703,164 @@ class Index:
             "rows": live_rows,
             "dead_rows": all_rows - live_rows,
             "segments": n_segs,
-            "bytes": size,
+            "bytes": sum(f.stat().st_size for f in files),
+            "compact_vectors": live_c,
+            "compact_bytes_in_ram": sum(f.stat().st_size for f in files if kind and f.name.endswith(kind.suffix)),
+            "scores": self._scores_note(),
         }
 
-    def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[Hit]]:
-        """Exact MaxSim of each query [n_q, dim] against every page; top ``k`` per query."""
+    def _scores_note(self) -> str:
+        if self.compaction is None:
+            return "exact MaxSim over the fp16 vectors"
+        if not self.keeps_originals:
+            return f"MaxSim over the {self.compaction} compact vectors only (the originals were dropped)"
+        return (f"two-stage: MaxSim over the {self.compaction} compact vectors picks candidates, exact MaxSim over "
+                "the fp16 vectors ranks them (--exact: exact over all)")  # fmt: skip
+
+    def search(
+        self, queries: Sequence[np.ndarray], k: int = 10, rerank: int | None = None, exact: bool = False
+    ) -> list[list[Hit]]:
+        """MaxSim of each query [n_q, dim] against every page; top ``k`` per query.
+
+        With a compact representation and without ``exact``: two stages, the compact vectors (in
+        RAM) score every page, the ``rerank`` best (default ``DEFAULT_RERANK``, at least ``k``) are
+        scored exactly on the fp16 vectors (memory-mapped). An index without its originals scores
+        with the compact vectors alone; ``exact`` is then refused."""
         if k < 1:
             raise StoreError(f"k must be at least 1, got {k}")
+        if rerank is not None and rerank < 1:
+            raise StoreError(f"--rerank must be at least 1, got {rerank}")
+        two_stage = self.compaction is not None and not exact
+        if exact and not self.keeps_originals:
+            raise StoreError(f"{self.root}: this index dropped its original vectors; exact search is not possible")
 
-        def snapshot() -> tuple[list[tuple], dict[int, np.ndarray], bool]:
+        def snapshot() -> tuple[list[tuple], dict[int, Any], dict[int, Any], bool]:
             # One read transaction: a writer cannot commit (and so cannot delete a segment this
-            # reads) until the files are mapped; a mapped file stays readable after deletion.
+            # reads) until the files are mapped or read; a mapped file stays readable after deletion.
             self.conn.execute("BEGIN")
             try:
                 rows = self.conn.execute(
-                    "SELECT p.segment, s.file, s.rows, p.row_start, p.row_count, p.path, p.page "
-                    "FROM pages p JOIN segments s ON s.id = p.segment ORDER BY p.segment, p.row_start, p.id"
+                    "SELECT p.segment, s.file, s.rows, p.row_start, p.row_count, p.path, p.page, s.cfile, s.crows, "
+                    "p.c_start, p.c_count FROM pages p JOIN segments s ON s.id = p.segment "
+                    "ORDER BY p.segment, p.row_start, p.id"
                 ).fetchall()
-                total = self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM segments").fetchone()[0]
-                verify = total * self.dim * 2 <= VERIFY_ON_OPEN_BYTES
-                maps = {}
-                for seg, file, nrows, *_ in rows:
-                    if seg not in maps:
+                total = sum(size for size, _ in self._segment_files().values())
+                verify = total <= VERIFY_ON_OPEN_BYTES
+                maps, cdata = {}, {}
+                for seg, file, nrows, *_rest in rows:
+                    cfile, crows = _rest[4], _rest[5]
+                    if seg in maps or seg in cdata:
+                        continue
+                    if file is not None and self.keeps_originals:
                         maps[seg] = self._segment(seg, file, nrows, verify=verify)
+                    if two_stage:
+                        cdata[seg] = self._compact_data(seg, cfile, crows, verify=verify)
             finally:
                 self.conn.execute("COMMIT")
-            return rows, maps, verify
+            return rows, maps, cdata, verify
 
-        rows, maps, verified = self._db(snapshot)
-        for key in [key for key in self._maps if key[0] not in maps]:
+        rows, maps, cdata, verified = self._db(snapshot)
+        for key in [key for key in self._maps if key[0] not in maps and key[0] not in cdata]:
             del self._maps[key]  # compacted or removed since the last search: never used again
             self._verified.discard(key)
         if not rows:
             return [[] for _ in queries]
-        by_seg: dict[int, list[tuple]] = {}
-        for seg, file, _nrows, start, count, path, page in rows:
-            by_seg.setdefault(seg, []).append((start, count, path, page, file))
-        scores, meta = [], []
-        for seg, pages in by_seg.items():
-            arr = maps[seg]
-            starts = np.array([p[0] for p in pages], np.int64)
-            counts = np.array([p[1] for p in pages], np.int64)
+        meta = [(decode_path(r[5]), r[6]) for r in rows]
+        if not two_stage:
+            scores = self._score_all(queries, rows, maps, verified, compact=False)
+            return [self._top(row, k, meta) for row in scores]
+        candidate = self._score_all(queries, rows, cdata, verified, compact=True)
+        if not self.keeps_originals:
+            return [self._top(row, k, meta) for row in candidate]
+        n = min(len(rows), max(k, rerank or DEFAULT_RERANK))
+        out = []
+        for q, row in zip(queries, candidate, strict=True):
+            picks = np.argpartition(-row, n - 1)[:n]
+            spans = [(rows[i][0], rows[i][3], rows[i][4]) for i in picks]
+            exact_rows = np.concatenate([maps[seg][a : a + c] for seg, a, c in spans])
+            offsets = np.concatenate([[0], np.cumsum([c for _, _, c in spans])])
+            s = score_packed([q], exact_rows, offsets)[0]
+            if not np.isfinite(s).all():
+                raise StoreError(f"{self.root}: non-finite scores in the exact stage; run index check")
+            full = np.full(len(rows), -np.inf, np.float32)
+            full[picks] = s
+            out.append(self._top(full, min(k, n), meta))
+        return out
+
+    def _score_all(self, queries: Sequence[np.ndarray], rows: list[tuple], arrays: dict[int, Any], verified: bool,
+                   compact: bool) -> np.ndarray:  # fmt: skip
+        """[Q, pages] MaxSim over the originals (or the compact vectors) of every page, in ``rows`` order."""
+        by_seg: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_seg.setdefault(r[0], []).append(i)
+        scores = np.empty((len(queries), len(rows)), np.float32)
+        for seg, idx in by_seg.items():
+            arr = arrays[seg]
+            if compact:
+                starts = np.array([rows[i][9] for i in idx], np.int64)
+                counts = np.array([rows[i][10] for i in idx], np.int64)
+                file = rows[idx[0]][7]
+            else:
+                starts = np.array([rows[i][3] for i in idx], np.int64)
+                counts = np.array([rows[i][4] for i in idx], np.int64)
+                file = rows[idx[0]][1]
+            decode = self._decode if compact else None
             if np.array_equal(starts[1:], (starts + counts)[:-1]):  # contiguous: score in place
                 lo = int(starts[0])
                 offsets = np.concatenate([[0], np.cumsum(counts)])
-                s = score_packed(queries, arr[lo : lo + int(offsets[-1])], offsets)
+                s = score_packed(queries, arr[lo : lo + int(offsets[-1])], offsets, decode=decode)
             else:
                 packed = np.concatenate([arr[a : a + c] for a, c in zip(starts, counts, strict=True)])
-                s = score_packed(queries, packed, np.concatenate([[0], np.cumsum(counts)]))
+                s = score_packed(queries, packed, np.concatenate([[0], np.cumsum(counts)]), decode=decode)
             if not np.isfinite(s).all():
-                file = pages[0][4]
-                if not verified:
-                    self._verify(seg, file, arr)  # raises when the file was damaged
+                if not verified:  # raises when the file was damaged
+                    self._verify(seg, file, arrays[seg], "csha256" if compact else "sha256")
                 raise StoreError(f"{self.root / SEGMENTS / file}: non-finite scores; the index is damaged")
-            scores.append(s)
-            meta += [(decode_path(p[2]), p[3]) for p in pages]
-        all_scores = np.concatenate(scores, axis=1)  # [Q, pages]
-        out = []
-        for row in all_scores:
-            kk = min(k, len(row))
-            top = np.argpartition(-row, kk - 1)[:kk]
-            top = top[np.lexsort((top, -row[top]))]  # by score, ties by storage order
-            out.append([Hit(r + 1, float(row[i]), meta[i][0], meta[i][1]) for r, i in enumerate(top)])
-        return out
+            scores[:, idx] = s
+        return scores
+
+    def _decode(self, data: np.ndarray) -> np.ndarray:
+        return self.compaction.to_float(data, self.dim)
+
+    @staticmethod
+    def _top(row: np.ndarray, k: int, meta: list[tuple[str, int]]) -> list[Hit]:
+        kk = min(k, len(row))
+        top = np.argpartition(-row, kk - 1)[:kk]
+        top = top[np.lexsort((top, -row[top]))]  # by score, ties by storage order
+        return [Hit(r + 1, float(row[i]), meta[i][0], meta[i][1]) for r, i in enumerate(top)]
 
     def check(self) -> list[str]:
         """Every problem found (empty list = healthy): SQLite's integrity check, each segment's
-        file, size and sha256, page spans inside their segment and overlapping only when shared,
-        files the database does not know, and interrupted writes not yet cleaned up."""
+        files, sizes and sha256, page spans inside their segment and overlapping only when
+        shared, files the database does not know, and interrupted writes not yet cleaned up."""
 
         def q() -> list[str]:
             problems = self._integrity()
-            segs = self.conn.execute("SELECT id, file, rows, sha256 FROM segments NOT INDEXED").fetchall()
-            known = {f for _, f, _, _ in segs}
-            for seg_id, file, rows, digest in segs:
-                path = self.root / SEGMENTS / file
+            known = self._segment_files()
+            for name, (size, digest) in sorted(known.items()):
+                path = self.root / SEGMENTS / name
                 if not path.is_file():
-                    problems.append(f"segment {file} missing")
+                    problems.append(f"segment {name} missing")
                     continue
                 data = path.read_bytes()
-                if len(data) != rows * self.dim * 2:
-                    problems.append(f"segment {file}: {len(data)} bytes, expected {rows * self.dim * 2}")
+                if len(data) != size:
+                    problems.append(f"segment {name}: {len(data)} bytes, expected {size}")
                 elif hashlib.sha256(data).hexdigest() != digest:
-                    problems.append(f"segment {file}: sha256 mismatch (contents changed since commit)")
-                spans = self.conn.execute(
-                    "SELECT DISTINCT row_start, row_count FROM pages WHERE segment = ? ORDER BY row_start", (seg_id,)
-                ).fetchall()
-                end = 0
-                for start, count in spans:
-                    if start < end or start + count > rows or count <= 0:
-                        problems.append(f"segment {file}: bad page span {start}+{count}")
-                    end = max(end, start + count)
+                    problems.append(f"segment {name}: sha256 mismatch (contents changed since commit)")
+            segs = self.conn.execute("SELECT id, file, rows, cfile, crows FROM segments NOT INDEXED").fetchall()
+            for seg_id, file, rows, cfile, crows in segs:
+                for label, col_a, col_c, limit in ((file, "row_start", "row_count", rows),
+                                                   (cfile, "c_start", "c_count", crows)):  # fmt: skip
+                    if label is None:
+                        continue
+                    spans = self.conn.execute(
+                        f"SELECT DISTINCT {col_a}, {col_c} FROM pages WHERE segment = ? ORDER BY {col_a}", (seg_id,)
+                    ).fetchall()
+                    end = 0
+                    for start, count in spans:
+                        if start < end or start + count > limit or count <= 0:
+                            problems.append(f"segment {label}: bad page span {start}+{count}")
+                        end = max(end, start + count)
             orphans = self.conn.execute("SELECT COUNT(*) FROM pages WHERE segment NOT IN (SELECT id FROM segments)")
             if (n := orphans.fetchone()[0]) > 0:
                 problems.append(f"{n} page(s) point at segments that do not exist")

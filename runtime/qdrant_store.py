@@ -177,7 +177,10 @@ class QdrantStore:
         pages = self.client.count(self.collection, self._page_filter(), exact=True).count
         return {**self.meta, "backend": "qdrant", "collection": self.collection, "pages": pages}
 
-    def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[Hit]]:
+    def search(
+        self, queries: Sequence[np.ndarray], k: int = 10, rerank: int | None = None, exact: bool = False
+    ) -> list[list[Hit]]:
+        """Exact MaxSim on the server's multivectors (``rerank``/``exact`` only matter to two-stage stores)."""
         out = []
         for q in queries:
             res = self.client.query_points(

@@ -465,12 +465,17 @@ def test_user_mistakes_are_one_line(tiny_bundle: Path, pages_dir: Path, tmp_path
         assert "index" in _one_line_error(_cli(*cmd))
 
 
-def test_qdrant_without_its_client_fails_before_the_model(tiny_bundle: Path, pages_dir: Path, tmp_path: Path) -> None:
-    blocked = "import sys; sys.modules['qdrant_client'] = None; from runtime.__main__ import main; sys.exit(main())"
-    res = subprocess.run([sys.executable, "-c", blocked, "index", "add", "--backend", "qdrant", "--index",
-                          str(tmp_path / "q"), "--bundle", str(tiny_bundle), str(pages_dir)],
+@pytest.mark.parametrize(
+    ("module", "extra", "package"),
+    [("qdrant_client", ["--url", "http://localhost:1"], "qdrant-client"), ("qdrant_edge", [], "qdrant-edge-py")],
+)
+def test_qdrant_without_its_package_fails_before_the_model(tiny_bundle: Path, pages_dir: Path, tmp_path: Path,
+                                                          module: str, extra: list, package: str) -> None:  # fmt: skip
+    blocked = f"import sys; sys.modules[{module!r}] = None; from runtime.__main__ import main; sys.exit(main())"
+    res = subprocess.run([sys.executable, "-c", blocked, "index", "add", "--store", "qdrant", "--index",
+                          str(tmp_path / "q"), *extra, "--bundle", str(tiny_bundle), str(pages_dir)],
                          capture_output=True, timeout=300)  # fmt: skip
-    assert "needs qdrant-client" in _one_line_error(res) and b"RANDOM WEIGHTS" not in res.stderr
+    assert f"needs {package}" in _one_line_error(res) and b"RANDOM WEIGHTS" not in res.stderr
 
 
 def _manifest_variants(m: dict) -> dict[str, dict | list]:
@@ -673,7 +678,7 @@ def test_schema_1_indexes_are_upgraded_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Index.open(root) as index:
-        assert index.meta["schema_version"] == "2" and index.check() == []
+        assert index.meta["schema_version"] == "3" and index.check() == []
         assert [(p["path"], p["rows"]) for p in index.pages()] == [("/old/a.png", 12), ("/old/b.png", 8)]
         q = _vecs(np.random.default_rng(8), 3)
         want = score([q], [rows[:12], rows[12:]])[0]

@@ -23,20 +23,40 @@ def _vecs(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _record(path: str, h: str, rng: np.random.Generator, page: int = 1, rows: int = 20) -> PageRecord:
-    return PageRecord(path, page, h, 100, _vecs(rng, rows))
+    return PageRecord(path, page, h, 100, _vecs(rng, rows), _layout(rows))
 
 
-@pytest.fixture(params=["local", "qdrant"])
+STORES = ["local", "local-rowcol", "local-pool", "qdrant-client", "qdrant-edge", "qdrant-edge-pool"]
+
+
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "local":
+    """Every store, and the two-stage variants with a rerank that reaches every page (so their
+    answers must equal exact MaxSim)."""
+    kind = request.param
+    if kind == "local":
         s: Store = Index.create(tmp_path / "idx", IDENTITY)
-    else:
+    elif kind.startswith("local-"):
+        pytest.importorskip("scipy")
+        s = Index.create(tmp_path / "idx", IDENTITY, "rowcol" if kind.endswith("rowcol") else "pool:4")
+    elif kind == "qdrant-client":
         pytest.importorskip("qdrant_client")
         from runtime.qdrant_store import QdrantStore
 
-        s = QdrantStore.open(str(tmp_path / "qdrant"), "pages", IDENTITY)
+        s = QdrantStore.open(":memory:", "pages", IDENTITY)  # the client's code path, without a server
+    else:
+        pytest.importorskip("qdrant_edge")
+        from runtime.qdrant_edge_store import QdrantEdgeStore
+
+        s = QdrantEdgeStore.open(tmp_path / "edge", IDENTITY, "pool:4" if kind.endswith("pool") else None)
     yield s
     s.close()
+
+
+def _layout(rows: int) -> tuple[tuple[int, int, int], ...]:
+    """A made-up page layout: a few text rows, then a 4-wide grid of image tokens."""
+    grid = (rows - 2) // 4
+    return ((1, grid, 4),)
 
 
 def test_is_a_store(store: Store) -> None:
@@ -52,13 +72,13 @@ def test_refuses_another_bundle(store: Store) -> None:
 
 def test_search_is_exact_maxsim(store: Store) -> None:
     rng = np.random.default_rng(0)
-    recs = [_record(f"/d/{i}.png", f"h{i}", rng, rows=int(rng.integers(5, 30))) for i in range(30)]
+    recs = [_record(f"/d/{i}.png", f"h{i}", rng, rows=int(rng.integers(10, 30))) for i in range(30)]
     with store.writer():
         assert store.add_batch(recs[:20]) == 20 and store.add_batch(recs[20:]) == 10
         assert store.add_batch(recs[:3]) == 0  # the same pages again: nothing new
     queries = [_vecs(rng, 7), _vecs(rng, 3)]
     exact = score(queries, [r.embeddings.astype(np.float16) for r in recs])
-    for q, hits in enumerate(store.search(queries, k=30)):
+    for q, hits in enumerate(store.search(queries, k=30, rerank=30)):
         order = np.argsort(-exact[q], kind="stable")
         assert [h.path for h in hits] == [recs[i].path for i in order]
         np.testing.assert_allclose([h.score for h in hits], exact[q][order], rtol=2e-3)

@@ -1,0 +1,328 @@
+"""Compact representations and two-stage search: parity with colpali-engine's pooler, layouts from
+real pages, exactness where it is promised, and the compact files' crash safety and checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.compact import Compaction, hierarchical_pool, page_layout, rowcol_pool
+from runtime.errors import InputError, StoreError
+from runtime.index import DB, SEGMENTS, Index
+from runtime.scoring import score
+from runtime.store import PageRecord
+
+IDENTITY = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
+            "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    e = rng.standard_normal((n, 128)).astype(np.float32)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def _page(rng: np.random.Generator, i: int, grid: tuple[int, int] = (8, 6)) -> PageRecord:
+    h, w = grid
+    rows = _unit(rng, 3 + h * w + 4)
+    return PageRecord(f"/p/{i}.png", 1, f"h{i}", 10, rows, ((3, h, w),))
+
+
+def test_parse_and_sizes() -> None:
+    assert str(Compaction.parse("hier:3")) == "hier:3" and Compaction.parse("rowcol").kind == "rowcol"
+    for bad in ("nope", "hier", "hier:0", "rowcol:2", "pool:x"):
+        with pytest.raises(InputError):
+            Compaction.parse(bad)
+    rng = np.random.default_rng(0)
+    rows = _unit(rng, 40)
+    for kind, width in (("int8", 132), ("binary", 16), ("rowcol", 256), ("pool:5", 256)):
+        c = Compaction.parse(kind)
+        data = c.encode(rows, ((0, 5, 8),))
+        assert data.dtype == np.uint8 and data.shape[1] == width == c.row_bytes(128)
+        back = c.to_float(data, 128)
+        assert back.shape == (len(data), 128)
+    i8 = Compaction.parse("int8")
+    assert np.abs(i8.to_float(i8.encode(rows), 128) - rows).max() < 0.01  # per-vector scale: tiny error
+    bits = Compaction.parse("binary").to_float(Compaction.parse("binary").encode(rows), 128)
+    assert np.all(np.sign(bits) == np.where(rows > 0, 1, -1))
+
+
+def test_rowcol_means_each_tile_grid() -> None:
+    rng = np.random.default_rng(1)
+    rows = _unit(rng, 2 + 4 * 6 + 1 + 2 * 3)
+    layout = ((2, 4, 6), (27, 2, 3))  # a tile, then a thumbnail grid after a label token
+    pooled = rowcol_pool(rows, layout)
+    assert pooled.shape == (4 + 6 + 2 + 3, 128)
+    grid = rows[2:26].reshape(4, 6, 128)
+    want = grid.mean(axis=1)[1] / np.linalg.norm(grid.mean(axis=1)[1])
+    np.testing.assert_allclose(pooled[1], want, atol=1e-6)
+    thumb = rows[27:33].reshape(2, 3, 128).mean(axis=0)[2]
+    np.testing.assert_allclose(pooled[4 + 6 + 2 + 2], thumb / np.linalg.norm(thumb), atol=1e-6)
+
+
+def test_page_layout_of_a_tiled_page(tiny_bundle: Path) -> None:
+    from runtime import ColLFM2Processor
+
+    proc = ColLFM2Processor.from_pretrained(tiny_bundle)
+    page = proc.process_image(np.random.default_rng(2).integers(0, 256, (1754, 1240, 3), dtype=np.uint8))
+    layout = page_layout(page.input_ids, page.spatial_shapes, 396)
+    assert len(layout) == page.spatial_shapes.shape[0] == 7  # 3x2 tiles + thumbnail
+    for (start, h, w), (ph, pw) in zip(layout, page.spatial_shapes, strict=True):
+        assert (h, w) == (ph // 2, pw // 2)
+        assert (page.input_ids[start : start + h * w] == 396).all()
+    assert sum(h * w for _, h, w in layout) == int((page.input_ids == 396).sum())
+
+
+def _colpali_pooler(monkeypatch: pytest.MonkeyPatch):
+    """colpali-engine's HierarchicalTokenPooler without its package __init__ (which imports every
+    model and peft): a bare package module points at its files."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("scipy")
+    spec = importlib.util.find_spec("colpali_engine")
+    if spec is None:
+        pytest.skip("colpali-engine is not installed (make test installs it as a test oracle)")
+    pkg = types.ModuleType("colpali_engine")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    monkeypatch.setitem(sys.modules, "colpali_engine", pkg)
+    from colpali_engine.compression.token_pooling.hierarchical_token_pooling import HierarchicalTokenPooler
+
+    return torch, HierarchicalTokenPooler()
+
+
+@pytest.mark.parametrize("pool_factor", [2, 3, 7])
+def test_hierarchical_pooling_equals_colpali_engine(monkeypatch: pytest.MonkeyPatch, pool_factor: int) -> None:
+    torch, pooler = _colpali_pooler(monkeypatch)
+    rng = np.random.default_rng(pool_factor)
+    pages = [_unit(rng, n) for n in (266, 80, 31)]
+    ref = pooler.pool_embeddings([torch.from_numpy(p) for p in pages], pool_factor=pool_factor, num_workers=1)
+    for page, want in zip(pages, ref, strict=True):
+        got = hierarchical_pool(page, pool_factor=pool_factor)
+        assert got.shape == tuple(want.shape)
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+
+
+def test_pool_caps_the_vectors_per_page() -> None:
+    pytest.importorskip("scipy")
+    rows = _unit(np.random.default_rng(3), 266)
+    assert len(hierarchical_pool(rows, max_clusters=12)) <= 12
+    assert len(hierarchical_pool(rows[:5], max_clusters=12)) == 5
+
+
+def _index(tmp_path: Path, name: str, compact: str | None, keep: bool = True, n: int = 40) -> tuple[Index, list]:
+    rng = np.random.default_rng(7)
+    recs = [_page(rng, i, grid=(8, 6) if i % 3 else (10, 4)) for i in range(n)]
+    index = Index.create(tmp_path / name, IDENTITY, compact, keep_originals=keep)
+    with index.writer():
+        for start in range(0, n, 13):
+            index.add_batch(recs[start : start + 13])
+    return index, recs
+
+
+@pytest.mark.parametrize("kind", ["int8", "binary", "rowcol", "hier:4", "pool:6"])
+def test_two_stage_reaches_exact_and_exact_is_unchanged(tmp_path: Path, kind: str) -> None:
+    if kind.startswith(("hier", "pool")):
+        pytest.importorskip("scipy")
+    index, recs = _index(tmp_path, "idx", kind)
+    rng = np.random.default_rng(8)
+    queries = [_unit(rng, 9), _unit(rng, 4)]
+    exact = score(queries, [r.embeddings.astype(np.float16) for r in recs])
+    for q, row in enumerate(exact):
+        order = [recs[i].path for i in np.argsort(-row, kind="stable")[:10]]
+        assert [h.path for h in index.search([queries[q]], k=10, exact=True)[0]] == order  # --exact: today's path
+        assert [h.path for h in index.search([queries[q]], k=10, rerank=len(recs))[0]] == order  # rerank all
+        few = index.search([queries[q]], k=5, rerank=5)[0]  # the rerank scores are the exact ones
+        assert all(abs(h.score - row[int(h.path[3:-4])]) < 1e-4 for h in few)
+    assert index.check() == []
+    info = index.info()
+    assert info["compact"] == kind and info["compact_vectors"] > 0 and "two-stage" in info["scores"]
+    index.close()
+
+
+def test_dropped_originals_score_with_the_compact_vectors(tmp_path: Path) -> None:
+    index, recs = _index(tmp_path, "idx", "rowcol", keep=False)
+    q = _unit(np.random.default_rng(9), 6)
+    kind = Compaction.parse("rowcol")
+    want = score([q], [kind.to_float(kind.encode(r.embeddings, r.layout), 128) for r in recs])[0]
+    hits = index.search([q], k=40)[0]
+    for h in hits:
+        assert abs(h.score - want[int(h.path[3:-4])]) < 1e-3
+    with pytest.raises(StoreError, match="dropped its original vectors"):
+        index.search([q], exact=True)
+    assert not list((tmp_path / "idx" / SEGMENTS).glob("*.f16")) and "compact vectors only" in index.info()["scores"]
+    with pytest.raises(StoreError, match="needs a compact representation"):
+        Index.create(tmp_path / "other", IDENTITY, None, keep_originals=False)
+    index.close()
+
+
+def test_compact_files_are_checked_compacted_and_reclaimed(tmp_path: Path) -> None:
+    index, recs = _index(tmp_path, "idx", "rowcol")
+    q = _unit(np.random.default_rng(10), 5)
+    with index.writer():
+        index.remove([r.path for r in recs[::2]])
+        before = {h.path: h.score for h in index.search([q], k=40, rerank=40)[0]}
+        res = index.compact()
+    assert res["segments_rewritten"] > 0 and index.info()["dead_rows"] == 0 and index.check() == []
+    assert {h.path: h.score for h in index.search([q], k=40, rerank=40)[0]} == pytest.approx(before, abs=1e-5)
+    cfile = next((tmp_path / "idx" / SEGMENTS).glob("*.c16"))
+    data = bytearray(cfile.read_bytes())
+    data[10] ^= 0x40
+    cfile.write_bytes(bytes(data))
+    reopened = Index.open(tmp_path / "idx")
+    assert any("sha256 mismatch" in p for p in reopened.check())
+    with pytest.raises(StoreError, match="checksum"):
+        reopened.search([q])  # a small index is verified as it is read
+    reopened.close()
+    index.close()
+
+
+COMPACT_KILLER = """
+import os, signal, sys
+import numpy as np
+import runtime.index as m
+from runtime.index import Index, PageRecord
+nth, calls = int(sys.argv[2]), {"n": 0}
+real = m._fsync_dir
+def hit(path):
+    calls["n"] += 1
+    if calls["n"] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path)
+m._fsync_dir = hit
+idx = Index.open(sys.argv[1])
+rng = np.random.default_rng(int(sys.argv[3]))
+with idx.writer():
+    for b in range(3):
+        recs = []
+        for i in range(4):
+            e = rng.standard_normal((3 + 48 + 4, 128)).astype(np.float32)
+            recs.append(PageRecord(f"/k/{b}-{i}.png", 1, f"k{b}-{i}", 1, e / np.linalg.norm(e, axis=1, keepdims=True),
+                                   ((3, 8, 6),)))
+        idx.add_batch(recs)
+"""
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 5])
+def test_kill_during_a_compact_add_loses_nothing(tmp_path: Path, nth: int) -> None:
+    index, recs = _index(tmp_path, "idx", "rowcol", n=8)
+    index.close()
+    res = subprocess.run([sys.executable, "-c", COMPACT_KILLER, str(tmp_path / "idx"), str(nth), "1"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == -9, res.stderr
+    with Index.open(tmp_path / "idx") as index:
+        paths = {p["path"] for p in index.pages()}
+        assert {r.path for r in recs} <= paths and len(paths - {r.path for r in recs}) % 4 == 0  # whole commits
+        with index.writer():
+            pass  # recovery deletes what the killed writer left
+        assert index.check() == []
+        assert len(index.search([_unit(np.random.default_rng(0), 3)], k=50)[0]) == len(paths)
+
+
+def test_schema_2_indexes_are_upgraded(tmp_path: Path) -> None:
+    """A v2 index (no compact columns): upgraded in place, still exact, no compact representation."""
+    import sqlite3
+
+    index, _ = _index(tmp_path, "idx", None, n=6)
+    q = _unit(np.random.default_rng(11), 3)
+    want = [h.path for h in index.search([q], k=6)[0]]
+    index.close()
+    conn = sqlite3.connect(tmp_path / "idx" / DB)
+    conn.executescript("""
+        CREATE TABLE seg2 AS SELECT id, file, rows, sha256 FROM segments;
+        CREATE TABLE pages2 AS SELECT id, path, page, content_hash, size, added, segment, row_start, row_count
+            FROM pages;
+        DROP TABLE pages; DROP TABLE segments;
+        ALTER TABLE seg2 RENAME TO segments; ALTER TABLE pages2 RENAME TO pages;
+        UPDATE meta SET value = '2' WHERE key = 'schema_version';
+        DELETE FROM meta WHERE key IN ('compact', 'originals');
+    """)
+    conn.commit()
+    conn.close()
+    with Index.open(tmp_path / "idx") as index:
+        assert index.meta["schema_version"] == "3" and index.meta["compact"] == "none" and index.check() == []
+        assert [h.path for h in index.search([q], k=6)[0]] == want
+
+
+def test_encode_then_import_equals_add(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A corpus encoded elsewhere (encode's .npz) imports as add would have stored it; a bundle
+    that did not encode it is refused."""
+    from export.validate import synthetic_page
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for i in range(3):
+        synthetic_page(300 + 40 * i, 350, seed=i).save(pages / f"p{i}.png")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, timeout=300)
+
+    b = str(tiny_bundle)
+    assert (
+        cli("encode", "--bundle", b, "--precision", "fp32", "--out", str(tmp_path / "e.npz"), str(pages)).returncode
+        == 0
+    )
+    assert cli("index", "add", "--index", str(tmp_path / "added"), "--bundle", b, "--precision", "fp32",
+               "--compact", "rowcol", str(pages)).returncode == 0  # fmt: skip
+    res = cli("index", "import", "--index", str(tmp_path / "imported"), "--bundle", b, "--compact", "rowcol",
+              str(tmp_path / "e.npz"))  # fmt: skip
+    assert res.returncode == 0 and "imported 3 page(s)" in res.stdout, res.stderr
+    again = cli("index", "import", "--index", str(tmp_path / "imported"), str(tmp_path / "e.npz"))
+    assert again.returncode == 0 and "3 already indexed" in again.stdout
+    results = []
+    for name in ("added", "imported"):
+        out = cli("search", "--index", str(tmp_path / name), "--json", "-k", "3", "net income")
+        results.append([(h["path"], round(h["score"], 3)) for h in json.loads(out.stdout)])
+    assert results[0] == results[1]
+    with Index.open(tmp_path / "imported") as index:
+        assert index.info()["compact_vectors"] == Index.open(tmp_path / "added").info()["compact_vectors"] > 0
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(tiny_bundle, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["created"] = "another export"
+    (other / "manifest.json").write_text(json.dumps(m))
+    res = cli("index", "import", "--index", str(tmp_path / "third"), "--bundle", str(other), str(tmp_path / "e.npz"))
+    assert res.returncode == 2 and "cannot be compared" in res.stderr and not (tmp_path / "third").exists()
+
+
+def test_the_cli_creates_searches_and_refuses_changes(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--compact and --drop-originals at creation; --rerank and --exact at search; the local index
+    and embedded Qdrant (its own prefetch + rerank) agree with exact search when rerank covers all."""
+    from export.validate import synthetic_page
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for i in range(5):
+        synthetic_page(280 + 30 * i, 360, seed=10 + i).save(pages / f"p{i}.png")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, timeout=300)
+
+    b = str(tiny_bundle)
+    results = {}
+    for name, extra in (("exact", []), ("rowcol", ["--compact", "rowcol"]),
+                        ("edge", ["--store", "qdrant", "--compact", "rowcol"])):  # fmt: skip
+        idx = str(tmp_path / name)
+        res = cli("index", "add", "--index", idx, "--bundle", b, "--precision", "fp32", *extra, str(pages))
+        assert res.returncode == 0, res.stderr
+        store = ["--store", "qdrant"] if name == "edge" else []
+        out = cli("search", "--index", idx, *store, "--json", "-k", "5", "--rerank", "5", "net income")
+        assert out.returncode == 0, out.stderr
+        results[name] = [(h["path"], round(h["score"], 2)) for h in json.loads(out.stdout)]
+    assert results["exact"] == results["rowcol"] == results["edge"]
+    exact = cli("search", "--index", str(tmp_path / "rowcol"), "--json", "--exact", "net income")
+    assert [(h["path"], round(h["score"], 2)) for h in json.loads(exact.stdout)][:5] == results["exact"]
+    res = cli("index", "add", "--index", str(tmp_path / "rowcol"), "--compact", "pool:4", str(pages))
+    assert res.returncode == 2 and "compact representation is rowcol, not pool:4" in res.stderr
+    res = cli("index", "add", "--index", str(tmp_path / "rowcol"), "--drop-originals", str(pages))
+    assert res.returncode == 2 and "applies at creation" in res.stderr
+    info = json.loads(cli("index", "info", "--index", str(tmp_path / "rowcol"), "--json").stdout)
+    assert info["compact"] == "rowcol" and info["originals"] == "kept" and "two-stage" in info["scores"]
+    res = cli("index", "add", "--index", str(tmp_path / "bad"), "--bundle", b, "--compact", "hier", str(pages))
+    assert res.returncode == 2 and "hier needs a number" in res.stderr
