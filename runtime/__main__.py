@@ -6,6 +6,7 @@
     python -m runtime index remove --index DIR PATH...
     python -m runtime search --index DIR [-k 10] [--json] QUERY
     python -m runtime selftest --bundle BUNDLE [--precision P,...]        # fidelity on this machine
+    python -m runtime explain --bundle BUNDLE --out DIR --query Q FILE    # similarity maps on the page
     python -m runtime preprocess --model DIR [--json] IMAGE...            # tiles, tokens, shapes per image
     python -m runtime tokenize --model DIR [--json] QUERY...              # query ids, as the model sees them
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_args(tok)
     tok.add_argument("queries", nargs="+")
     args = parser.parse_args(argv)
-    if args.cmd in ("encode", "index", "search", "selftest"):
+    if args.cmd in ("encode", "index", "search", "selftest", "explain"):
         return run_command(args)
 
     try:

@@ -175,7 +175,20 @@ def add_parsers(sub: Any) -> None:
     )
     srch.add_argument("--exact", action="store_true", help="two-stage indexes: exact MaxSim over every page")
     srch.add_argument("--json", action="store_true", help='[{"rank", "score", "path", "page"}, ...]')
+    srch.add_argument("--explain", metavar="DIR", help="also write each hit's similarity maps to DIR (see explain)")
+    srch.add_argument("--dpi", type=_positive, default=DEFAULT_DPI, help="--explain: PDF rasterisation, as indexed")
     srch.add_argument("query", nargs="+", help="query text (several words are joined)")
+
+    ex = sub.add_parser("explain", help="similarity maps: where on a page each query token matches")
+    _bundle_args(ex, required=False)
+    ex.add_argument("--index", help="a local index: its bundle, and the page's stored vectors when it holds them")
+    ex.add_argument("--out", required=True, help="output folder (PNGs over the page, and an .npz of the maps)")
+    ex.add_argument("--query", required=True, help="the query text")
+    ex.add_argument("--page", type=_positive, default=1, help="page of a PDF or multi-page TIFF (default 1)")
+    ex.add_argument("--dpi", type=_positive, default=DEFAULT_DPI, help=f"PDF rasterisation (default {DEFAULT_DPI})")
+    ex.add_argument("--no-tokens", action="store_true", help="only the max and sum maps, not one per query token")
+    ex.add_argument("file", help="the page's file (image, PDF, TIFF)")
+    _backend_arg(ex, stores=False)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -185,6 +198,8 @@ def run_command(args: argparse.Namespace) -> int:
             stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     try:
         _split_backends(args)
+        if args.cmd == "explain":
+            return _explain(args)
         if args.cmd not in ("encode", "selftest") and not args.index and not (args.store == "qdrant" and args.url):
             raise UserError("--index DIR is required (or --backend qdrant --url URL)")
         if args.store == "qdrant":
@@ -585,13 +600,83 @@ def _search(args: argparse.Namespace) -> int:
         store.check_bundle(bundle_identity(model.bundle, model.precision))
         (q,) = model.embed_queries([query])
         hits = _search_store(store, q, args)
+        failed = _explain_hits(model, store, query, hits, args) if args.explain else 0
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], allow_nan=False))
-        return 0
+        return 1 if failed else 0
     if not hits:
         print("the index is empty")
         return 0
     print(f"{'rank':>4}  {'score':>9}  {'page':>4}  file")
     for h in hits:
         print(f"{h.rank:>4}  {h.score:9.4f}  {h.page:>4}  {h.path}")
+    if args.explain:
+        print(f"similarity maps of {len(hits) - failed} hit(s) in {args.explain}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _page_source(path: str, page: int, dpi: int) -> Any:
+    if Path(path).is_dir():
+        raise UserError(f"{path}: a folder; explain takes one page's file")
+    for src in iter_sources([path], dpi):
+        if isinstance(src, Failed):
+            raise UserError(src.message)
+        if src.page == page:
+            return src
+    raise UserError(f"{path}: has no page {page}")
+
+
+def _explain_page(model: Any, store: Any, query: str, src: Any, out: str, stem: str, tokens: bool) -> list[Path]:
+    """Maps of one page: its stored rows when the store has this version of it, else encoded now."""
+    from PIL import Image
+
+    from .explain import explain, write_maps
+    from .image import decode_image
+
+    rows = None
+    stored = store.page_rows(src.path, src.page) if store is not None else None
+    if stored is not None and stored[1] == src.content_hash:
+        rows = stored[0]
+    data = src.load()
+    expl = explain(model, query, data, rows, name=src.name)
+    image = Image.fromarray(decode_image(data, model.processor.decode, src.name))
+    return write_maps(expl, image, out, stem, tokens)
+
+
+def _stem(src: Any) -> str:
+    stem = Path(src.path).stem or "page"
+    return f"{stem}-p{src.page}" if src.pages > 1 or src.path.lower().endswith(".pdf") else stem
+
+
+def _explain_hits(model: Any, store: Any, query: str, hits: list[Any], args: argparse.Namespace) -> int:
+    failed = 0
+    for h in hits:
+        try:
+            src = _page_source(h.path, h.page, args.dpi)
+            _explain_page(model, store, query, src, args.explain, f"{h.rank:02d}-{_stem(src)}", tokens=False)
+        except UserError as exc:  # a hit whose file moved or changed: say so, explain the others
+            failed += 1
+            print(f"error: explain rank {h.rank}: {exc}", file=sys.stderr)
+    return failed
+
+
+def _explain(args: argparse.Namespace) -> int:
+    query = " ".join(args.query.split())
+    if not query:
+        raise QueryError("empty query: type some words to search for")
+    src = _page_source(args.file, args.page, args.dpi)
+    if args.index:
+        args.store = "local"
+        with _open_store(args) as store:
+            meta = store.meta
+            model = _load(args.bundle or meta["bundle_path"], args.precision or meta["precision"], args.threads,
+                          args.engine)  # fmt: skip
+            store.check_bundle(bundle_identity(model.bundle, model.precision))
+            written = _explain_page(model, store, query, src, args.out, _stem(src), not args.no_tokens)
+    else:
+        if not args.bundle:
+            raise UserError("explain needs --bundle BUNDLE or --index DIR")
+        model = _load(args.bundle, args.precision, args.threads, args.engine)
+        written = _explain_page(model, None, query, src, args.out, _stem(src), not args.no_tokens)
+    print(f"wrote {len(written)} file(s) to {args.out} ({written[0].name}, ...)")
     return 0

@@ -391,6 +391,23 @@ class Index:
 
         return self._db(q)
 
+    def page_rows(self, path: str, page: int) -> tuple[np.ndarray, str] | None:
+        """A stored page's fp16 rows [n, dim] (a copy) and content hash; None when the page is not
+        stored or the index dropped its originals."""
+
+        def q() -> tuple | None:
+            return self.conn.execute(
+                "SELECT p.segment, s.file, s.rows, p.row_start, p.row_count, p.content_hash FROM pages p "
+                "JOIN segments s ON s.id = p.segment WHERE p.path = ? AND p.page = ?",
+                (encode_path(path), page),
+            ).fetchone()
+
+        row = self._db(q)
+        if row is None or row[1] is None or not self.keeps_originals:
+            return None
+        seg, file, nrows, start, count, digest = row
+        return np.array(self._segment(seg, file, nrows, verify=True)[start : start + count]), digest
+
     def add_batch(self, records: Sequence[PageRecord]) -> int:
         """Commit ``records`` atomically (inside ``writer()``); returns the pages stored.
 

@@ -205,6 +205,9 @@ class QdrantEdgeStore:
             self.shard.update(q.UpdateOperation.delete_points_by_filter(flt))
         return n
 
+    def page_rows(self, path: str, page: int) -> tuple[np.ndarray, str] | None:
+        return None  # explain encodes the page instead (points hold multivectors, not row spans)
+
     def missing_paths(self) -> list[str]:
         return sorted({p["path"] for p in self.pages() if not os.path.lexists(p["path"])})
 

@@ -151,6 +151,9 @@ class QdrantStore:
         # Qdrant serialises writes itself; point ids are deterministic, so a rerun overwrites.
         yield self
 
+    def page_rows(self, path: str, page: int) -> tuple[np.ndarray, str] | None:
+        return None  # the server holds the rows; explain encodes the page instead of fetching them
+
     def missing_paths(self) -> list[str]:
         return sorted({p["path"] for p in self.pages() if not os.path.lexists(p["path"])})
 

@@ -97,6 +97,11 @@ class Store(Protocol):
         """Forget every page of ``paths``; returns pages removed."""
         ...
 
+    def page_rows(self, path: str, page: int) -> tuple[np.ndarray, str] | None:
+        """A stored page's rows [n, dim] and content hash, when the store can give them back
+        (``explain`` uses them instead of encoding the page again); else None."""
+        ...
+
     def missing_paths(self) -> list[str]:
         """Stored paths whose files no longer exist."""
         ...
