@@ -95,3 +95,25 @@ def test_rss_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
         assert list(steps) == ["start", "imported", "loaded", "query", "page_512", "page_a4"]
         assert r[p]["files_mb"] > 0 and r[p]["peak_rss_mb"] >= r[p]["peak_rss_mb_query_and_512"] > 0
         assert r[p]["ratio"] == r[p]["peak_rss_mb"] / r[p]["files_mb"]
+
+
+def test_scale_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
+    """bench_scale on a small corpus: every setting measured, the planted pages found, two-stage
+    equal to exact where the rerank covers the corpus' candidates, and the model corpus present."""
+    cmd = [sys.executable, "benchmarks/bench_scale.py", "--pages", "300", "--queries", "4", "--settings",
+           "exact-fp16", "int8-only", "rowcol-2stage", "pool12-2stage", "qdrant-edge-rowcol-2stage",
+           "--bundle", str(tiny_bundle), "--model-pages", "4", "--tmp", str(tmp_path), "--out", str(tmp_path),
+           "--name", "s"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert set(r["corpora"]) == {"synthetic-300", "model-encodings"}
+    rows = r["corpora"]["synthetic-300"]["settings"]
+    assert set(rows) == {"exact-fp16", "int8-only", "rowcol-2stage", "pool12-2stage", "qdrant-edge-rowcol-2stage"}
+    for name, row in rows.items():
+        assert "error" not in row, (name, row)
+        assert row["search_p50_ms"] > 0 and row["disk_bytes"] > 0 and 0 <= row["overlap_at_10"] <= 1
+    assert rows["exact-fp16"]["recall_at_10"] == 1.0  # the planted pages are findable
+    assert rows["rowcol-2stage"]["ram_vs_fp16"] < 0.25 and "speedup_vs_exact_same_index" in rows["rowcol-2stage"]
+    assert rows["pool12-2stage"]["overlap_at_10"] == 1.0  # 100 reranked of 300: the exact top 10 survive
+    assert "| rowcol-2stage |" in (tmp_path / "s.md").read_text()
