@@ -297,23 +297,21 @@ def reference_run(model_spec: str, ds: Dataset, qids: list[str], processor: Any,
     return {"run": run, "device": f"{device} {str(dtype).replace('torch.', '')}", "encode_s": seconds}
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
+def run_dataset(a: argparse.Namespace, path: str) -> dict[str, Any]:
+    """One dataset: every precision x setting, and the reference."""
     from runtime import ColLFM2
     from runtime.store import bundle_identity
 
-    ds = load_dataset(a.dataset)
+    ds = load_dataset(path)
     qids = sorted(q for q in ds.queries if q in ds.qrels)[: a.limit_queries or None]
     if not qids:
-        raise DatasetError(f"{a.dataset}: no query has qrels")
+        raise DatasetError(f"{path}: no query has qrels")
     settings = list(a.settings)
-    for s in settings:
-        parse_setting(s)
     k = max(max(KS), 10)
     result: dict[str, Any] = {
-        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dataset": {"name": ds.name, "path": str(Path(a.dataset).resolve()), "layout": ds.layout,
+        "dataset": {"name": ds.name, "path": str(Path(path).resolve()), "layout": ds.layout,
                     "pages": len(ds.corpus), "queries": len(qids)},
-        "rerank": a.rerank, "results": {},
+        "results": {},
     }  # fmt: skip
     qrels = {q: ds.qrels[q] for q in qids}
     processor = None
@@ -323,7 +321,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             processor = model.processor
             result["bundle"] = {"path": str(Path(a.bundle).resolve()), "random_weights": model.bundle.random_weights,
                                 "source": model.bundle.manifest["source"]}  # fmt: skip
-            print(f"[retrieval] {precision}: encoding {len(ds.corpus)} pages and {len(qids)} queries ...", flush=True)
+            print(f"[retrieval] {ds.name} {precision}: encoding {len(ds.corpus)} pages, {len(qids)} queries ...",
+                  flush=True)  # fmt: skip
             records, seconds, failures = encode_corpus(model, ds)
             for msg in failures:
                 print(f"[retrieval] error: {msg} (never retrieved)", file=sys.stderr)
@@ -337,7 +336,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     "precision": precision, "setting": setting, **metrics, "search_ms_per_query": ms,
                     "encode_s_per_page": seconds / max(1, len(ds.corpus)), "failed_pages": len(failures),
                 }  # fmt: skip
-                print(f"[retrieval] {precision}/{setting}: NDCG@5 {metrics['ndcg@5']:.4f}", flush=True)
+                print(f"[retrieval] {ds.name} {precision}/{setting}: NDCG@5 {metrics['ndcg@5']:.4f}", flush=True)
     if not a.no_reference:
         try:
             import torch  # noqa: F401
@@ -362,29 +361,56 @@ def _reference_spec(source: dict[str, Any]) -> str | None:
     return path if path and Path(path).is_dir() else None
 
 
+NAMES = [f"ndcg@{k}" for k in (5, 10)] + [f"recall@{k}" for k in KS] + ["mrr@10"]
+
+
+def mean_over(datasets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each run's metrics averaged over datasets (the model card's ViDoRe figure is mean NDCG@5)."""
+    out: dict[str, Any] = {}
+    for key in datasets[0]["results"]:
+        out[key] = {n: float(np.mean([d["results"][key][n] for d in datasets])) for n in NAMES}
+    refs = [d.get("reference", {}) for d in datasets]
+    if all("ndcg@5" in r for r in refs):
+        out["reference"] = {n: float(np.mean([r[n] for r in refs])) for n in NAMES}
+    return out
+
+
+def _row(label: str, r: dict[str, Any], extra: str | None = None) -> str:
+    cells = [label, *(f"{r[n]:.4f}" for n in NAMES), *([extra] if extra else [])]
+    return "| " + " | ".join(cells) + " |"
+
+
 def table(result: dict[str, Any]) -> str:
-    d = result["dataset"]
-    names = [f"ndcg@{k}" for k in (5, 10)] + [f"recall@{k}" for k in KS] + ["mrr@10"]
-    lines = [f"# Retrieval: {d['name']} ({d['pages']} pages, {d['queries']} queries, {d['layout']})", ""]
+    lines = []
     if result.get("bundle", {}).get("random_weights"):
         lines += ["**Random weights: these numbers say nothing about the model.**", ""]
-    lines += ["| run | " + " | ".join(names) + " | search ms/query | encode s/page |",
-              "|---|" + "---|" * (len(names) + 2)]  # fmt: skip
-    for key, r in result["results"].items():
-        lines.append(f"| {key} | " + " | ".join(f"{r[n]:.4f}" for n in names)
-                     + f" | {r['search_ms_per_query']:.1f} | {r['encode_s_per_page']:.2f} |")  # fmt: skip
-    ref = result.get("reference", {})
-    if "ndcg@5" in ref:
-        lines.append(f"| PyTorch reference ({ref['device']}), exact | " + " | ".join(f"{ref[n]:.4f}" for n in names)
-                     + f" | - | {ref['encode_s_per_page']:.2f} |")  # fmt: skip
-    elif ref:
-        lines.append(f"| PyTorch reference | skipped: {ref['skipped']} |")
-    return "\n".join(lines) + "\n"
+    head = ["| run | " + " | ".join(NAMES) + " | search ms/query | encode s/page |",
+            "|---|" + "---|" * (len(NAMES) + 2)]  # fmt: skip
+    for name, d in result["datasets"].items():
+        info = d["dataset"]
+        lines += [f"## {name} ({info['pages']} pages, {info['queries']} queries, {info['layout']})", "", *head]
+        for key, r in d["results"].items():
+            lines.append(_row(key, r, f"{r['search_ms_per_query']:.1f} | {r['encode_s_per_page']:.2f}"))
+        ref = d.get("reference", {})
+        if "ndcg@5" in ref:
+            label = f"PyTorch reference ({ref['device']}), exact"
+            lines.append(_row(label, ref, f"- | {ref['encode_s_per_page']:.2f}"))
+        elif ref:
+            lines.append(f"| PyTorch reference | skipped: {ref['skipped']} |")
+        lines.append("")
+    if "mean" in result:
+        lines += [f"## Mean over {len(result['datasets'])} datasets", "",
+                  "| run | " + " | ".join(NAMES) + " |", "|---|" + "---|" * len(NAMES)]  # fmt: skip
+        for key, r in result["mean"].items():
+            lines.append(_row("PyTorch reference, exact" if key == "reference" else key, r))
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.retrieval", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", help="dataset folder (layouts: see this module's docstring)")
+    ap.add_argument("--dataset", nargs="+", help="dataset folder(s) (layouts: this module's docstring); with "
+                    "several, the table ends with the mean over them")  # fmt: skip
     ap.add_argument("--bundle", help="ONNX bundle (python -m export --target onnx)")
     ap.add_argument("--precision", default="fp32", help="comma-separated bundle precisions (default fp32)")
     ap.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS),
@@ -396,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-queries", type=int, default=0, help="evaluate the first N judged queries only")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--name", help="output file stem (default retrieval-DATASET)")
+    ap.add_argument("--name", help="output file stem (default retrieval-DATASET, or retrieval-N-datasets)")
     ap.add_argument("--make-mini", metavar="DIR", help="write the generated mini dataset to DIR and exit")
     a = ap.parse_args(argv)
     try:
@@ -405,12 +431,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not a.dataset or not a.bundle:
             ap.error("--dataset and --bundle are required (or --make-mini DIR)")
-        result = run(a)
+        for s in a.settings:
+            parse_setting(s)  # a typo fails before an hour of encoding
+        for path in a.dataset:
+            load_dataset(path)
+        runs = [run_dataset(a, path) for path in a.dataset]
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    result: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "bundle": runs[0].pop("bundle"), "rerank": a.rerank, "datasets": {}}  # fmt: skip
+    for r in runs:
+        r.pop("bundle", None)
+        name, n = r["dataset"]["name"], 2
+        while name in result["datasets"]:  # two folders of one name
+            name, n = f"{r['dataset']['name']}-{n}", n + 1
+        result["datasets"][name] = r
+    if len(runs) > 1:
+        result["mean"] = mean_over(runs)
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.name or f"retrieval-{result['dataset']['name']}"
+    stem = a.name or (f"retrieval-{next(iter(result['datasets']))}" if len(runs) == 1 else
+                      f"retrieval-{len(runs)}-datasets")  # fmt: skip
     (a.out / f"{stem}.json").write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
     text = table(result)
     (a.out / f"{stem}.md").write_text(text)

@@ -134,12 +134,20 @@ def test_evaluation_end_to_end_on_the_mini_dataset(tiny_bundle: Path, tmp_path: 
 
     mini = make_mini(tmp_path / "mini")
     out = tmp_path / "out"
-    assert main(["--dataset", str(mini), "--bundle", str(tiny_bundle), "--precision", "fp32,int8",
+    beir = _to_parquet(mini, tmp_path / "beir", v1=False)
+    assert main(["--dataset", str(mini), str(beir), "--bundle", str(tiny_bundle), "--precision", "fp32,int8",
                  "--settings", "exact", "rowcol", "int8-only", "--out", str(out), "--name", "mini"]) == 0  # fmt: skip
-    result = json.loads((out / "mini.json").read_text())
+    full = json.loads((out / "mini.json").read_text())
+    assert list(full["datasets"]) == ["mini", "beir"] and full["bundle"]["random_weights"] is True
+    result = full["datasets"]["mini"]
     assert set(result["results"]) == {f"{p}/{s}" for p in ("fp32", "int8") for s in ("exact", "rowcol", "int8-only")}
     assert result["dataset"]["pages"] == 8 and result["dataset"]["queries"] == 9
-    assert "Random weights" in (out / "mini.md").read_text()
+    # the same pages and queries from parquet: the same numbers, and so their mean
+    for key, row in result["results"].items():
+        assert full["datasets"]["beir"]["results"][key]["ndcg@5"] == pytest.approx(row["ndcg@5"], abs=1e-9)
+        assert full["mean"][key]["ndcg@5"] == pytest.approx(row["ndcg@5"], abs=1e-9)
+    table = (out / "mini.md").read_text()
+    assert "Random weights" in table and "## Mean over 2 datasets" in table
     # the exact run equals MaxSim computed here, outside the index, on the same fp16 vectors
     ds = load_dataset(mini)
     model = ColLFM2.from_pretrained(tiny_bundle, precision="fp32")
