@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .compact import Layout, page_layout
 from .errors import InputError
@@ -177,15 +177,24 @@ def render(expl: Explanation, image: Image.Image, which: int | str = "max", alph
         side = max(1, panel.height // 3)
         small = base.resize((max(1, round(side * base.width / base.height)), side), Image.Resampling.BILINEAR)
         parts.append(_overlay(small, normalise(thumb_m), alpha))
-    bar = 22
+    font = _font(max(12, panel.height // 60))
+    bar = int(font.size * 1.6) if hasattr(font, "size") else 22
     out = Image.new("RGB", (sum(p.width for p in parts) + 8 * (len(parts) - 1), panel.height + bar), "white")
     x = 0
     for p in parts:
         out.paste(p, (x, bar))
         x += p.width + 8
     text = title or f"{expl.query!r}: {label}  (MaxSim {expl.score:.3f})"
-    ImageDraw.Draw(out).text((4, 5), text + ("  | thumbnail at right" if thumb_m is not None else ""), fill="black")
+    text += "  | thumbnail at right" if thumb_m is not None else ""
+    ImageDraw.Draw(out).text((4, bar // 5), text, fill="black", font=font)
     return out
+
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one small bitmap font
+        return ImageFont.load_default()
 
 
 def _safe(label: str) -> str:

@@ -65,7 +65,7 @@ def test_drawn_tile_covers_its_page_region() -> None:
     thumb = np.zeros((1, 3, 2), np.float32)
     expl = Explanation("q", ["q"], page_map, thumb, (rows_, cols), (height, width), 1.0)
     img = np.asarray(render(expl, Image.new("RGB", (width, height), "black"), 0, alpha=1.0))
-    body = img[22 : 22 + height, :width].astype(int)  # under the caption bar, left of the thumbnail
+    body = img[img.shape[0] - height :, :width].astype(int)  # under the caption bar, left of the thumbnail
     hot, cold = body[250, 150], body[50, 50]
     assert hot[0] > 200 and hot[2] < 100 and cold[2] > cold[1]  # viridis top (yellow) vs bottom (purple)
     region = (body == hot).all(axis=-1)
