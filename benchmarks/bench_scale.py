@@ -186,11 +186,11 @@ def run_setting(name: str, corpus_records: Callable[[], Iterator[list[PageRecord
 
 def run_corpus(label: str, records: Callable[[], Iterator[list[PageRecord]]], n_pages: int, queries: list[np.ndarray],
                planted: list[int] | None, names: list[str], settings: list[str], tmp: Path,
-               rerank: int | None = None) -> dict[str, Any]:  # fmt: skip
+               rerank: int | None = None, qdrant_max_pages: int = QDRANT_MAX_PAGES) -> dict[str, Any]:  # fmt: skip
     rows: dict[str, Any] = {}
     exact_top = None
     for name in ["exact-fp16", *[s for s in settings if s != "exact-fp16"]]:
-        if SETTINGS[name][0] == "qdrant-edge" and n_pages > QDRANT_MAX_PAGES:
+        if SETTINGS[name][0] == "qdrant-edge" and n_pages > qdrant_max_pages:
             continue
         print(f"[{label}] {name} ...", flush=True)
         try:
@@ -247,9 +247,13 @@ def table(result: dict[str, Any]) -> str:
             ram = "-" if r["ram_bytes"] < 0 else f"{r['ram_bytes'] / 1e6:,.0f} ({r['ram_vs_fp16']:.2f})"
             recall = f"{r['recall_at_10']:.2f}" if "recall_at_10" in r else "-"
             same = f"{r['speedup_vs_exact_same_index']:.1f}" if "speedup_vs_exact_same_index" in r else "-"
-            lines.append(f"| {name} | {r['build_s']} | {r['disk_bytes'] / 1e6:,.0f} | {ram} | "
+            mark = " †" if "exact_p50_ms_this_run" in r else ""
+            lines.append(f"| {name}{mark} | {r['build_s']} | {r['disk_bytes'] / 1e6:,.0f} | {ram} | "
                          f"{r['search_p50_ms']:.1f} / {r['search_p95_ms']:.1f} | {r['speedup_vs_exact']:.1f} | "
                          f"{same} | {recall} | {r['overlap_at_10']:.2f} |")  # fmt: skip
+        if any("exact_p50_ms_this_run" in r for r in corpus["settings"].values()):
+            lines += ["", "† measured in a second run (`--append`); its x exact is against that run's own exact "
+                      "search, overlap against that run's exact top 10."]  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -288,6 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp", type=Path, default=None, help="where indexes are built (needs ~8 GB at 100k pages)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--name", default="scale")
+    ap.add_argument(
+        "--qdrant-max-pages",
+        type=int,
+        default=QDRANT_MAX_PAGES,
+        help=f"largest corpus Qdrant Edge runs on (default {QDRANT_MAX_PAGES:,}: ~11 min a build at 100k)",
+    )
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="add to the existing results of --name (e.g. Qdrant at 100k in a second run)",
+    )
     a = ap.parse_args(argv)
     import os
 
@@ -305,6 +320,20 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, StopIteration):
         pass
 
+    previous = a.out / f"{a.name}.json"
+    if a.append and previous.is_file():
+        result["corpora"] = json.loads(previous.read_text())["corpora"]
+
+    def merge(label: str, got: dict[str, Any]) -> None:
+        if label not in result["corpora"]:
+            result["corpora"][label] = got
+            return
+        # Appended settings keep their ratios to this run's own exact search (same-run ratios).
+        exact = got["settings"].pop("exact-fp16")
+        for r in got["settings"].values():
+            r["exact_p50_ms_this_run"] = exact["search_p50_ms"]
+        result["corpora"][label]["settings"].update(got["settings"])
+
     def write() -> str:  # after each corpus: a long run that stops later keeps what it measured
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / f"{a.name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -317,14 +346,15 @@ def main(argv: list[str] | None = None) -> int:
             corpus = Corpus(n)
             queries, planted = corpus.queries(a.queries)
             names = [f"/synthetic/{i:06d}.png" for i in range(n)]
-            result["corpora"][f"synthetic-{n}"] = run_corpus(f"synthetic-{n}", corpus.records, n, queries, planted,
-                                                             names, a.settings, Path(tmp))  # fmt: skip
+            got = run_corpus(f"synthetic-{n}", corpus.records, n, queries, planted, names, a.settings, Path(tmp),
+                             qdrant_max_pages=a.qdrant_max_pages)  # fmt: skip
+            merge(f"synthetic-{n}", got)
             write()
         if a.bundle:
             records, queries = model_corpus(a.bundle, a.model_pages)
-            result["corpora"]["model-encodings"] = run_corpus(
+            merge("model-encodings", run_corpus(
                 "model-encodings", lambda: iter([records]), len(records), queries, None,
-                [r.path for r in records], a.settings, Path(tmp), rerank=10)  # fmt: skip
+                [r.path for r in records], a.settings, Path(tmp), rerank=10))  # fmt: skip
             # rerank 10 = k: with 100 every page of this small corpus would be reranked exactly
     text = write()
     plotted = plot(result, a.out / f"{a.name}.png")

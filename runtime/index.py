@@ -38,6 +38,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,6 +124,28 @@ def _db_error(root: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"{root / DB}: {why}")
 
 
+@dataclass(frozen=True)
+class _SegmentSpans:
+    """One segment's pages in a search plan: where they sit in the plan's page order and in the file."""
+
+    seg: int
+    idx: np.ndarray  # positions in the plan's rows
+    starts: np.ndarray  # first row (or compact vector) of each page
+    counts: np.ndarray
+    file: str
+    contiguous: bool  # pages back to back: scored in place, no copy
+
+
+@dataclass(frozen=True)
+class _SearchPlan:
+    key: tuple[int, int, bool]  # (data_version, this connection's total_changes, two_stage)
+    rows: list[tuple]
+    maps: dict[int, Any]  # segment -> fp16 memory map
+    cdata: dict[int, Any]  # segment -> compact vectors in RAM
+    verified: bool
+    groups: dict[bool, list[_SegmentSpans]]  # compact? -> spans per segment
+
+
 class Index:
     """The local ``Store``: open with ``Index.open(dir)`` (existing) or ``Index.create(dir, identity)``."""
 
@@ -133,6 +156,7 @@ class Index:
         self.conn = conn
         self._maps: dict[tuple[int, str], np.ndarray] = {}
         self._verified: set[tuple[int, str]] = set()
+        self._plans: dict[bool, _SearchPlan] = {}  # two_stage -> the last search's plan
         self._locked = False
         self.compaction: Compaction | None = None  # read from meta by open()
         self.keeps_originals = True
@@ -279,6 +303,7 @@ class Index:
 
     def close(self) -> None:
         self._maps.clear()
+        self._plans.clear()
         self.conn.close()
 
     def __enter__(self) -> Index:
@@ -751,6 +776,45 @@ class Index:
         if exact and not self.keeps_originals:
             raise StoreError(f"{self.root}: this index dropped its original vectors; exact search is not possible")
 
+        plan = self._search_plan(two_stage)
+        rows = plan.rows
+        if not rows:
+            return [[] for _ in queries]
+        if not two_stage:
+            scores = self._score_all(queries, plan, compact=False)
+            return [self._top(row, k, rows) for row in scores]
+        candidate = self._score_all(queries, plan, compact=True)
+        if not self.keeps_originals:
+            return [self._top(row, k, rows) for row in candidate]
+        n = min(len(rows), max(k, rerank or DEFAULT_RERANK))
+        out = []
+        for q, row in zip(queries, candidate, strict=True):
+            picks = np.argpartition(-row, n - 1)[:n]
+            spans = [(rows[i][0], rows[i][3], rows[i][4]) for i in picks]
+            exact_rows = np.concatenate([plan.maps[seg][a : a + c] for seg, a, c in spans])
+            offsets = np.concatenate([[0], np.cumsum([c for _, _, c in spans])])
+            s = score_packed([q], exact_rows, offsets)[0]
+            if not np.isfinite(s).all():
+                raise StoreError(f"{self.root}: non-finite scores in the exact stage; run index check")
+            full = np.full(len(rows), -np.inf, np.float32)
+            full[picks] = s
+            out.append(self._top(full, min(k, n), rows))
+        return out
+
+    def _search_plan(self, two_stage: bool) -> _SearchPlan:
+        """The page table, mapped files and per-segment spans a search scores; built once and
+        reused while no connection has committed (SQLite's data_version and this connection's
+        change count): at 100k pages reading and grouping the table costs more than the
+        candidate stage itself."""
+
+        def version() -> tuple[int, int]:
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0]), self.conn.total_changes
+
+        key = (*self._db(version), two_stage)
+        cached = self._plans.get(two_stage)
+        if cached is not None and cached.key == key:
+            return cached
+
         def snapshot() -> tuple[list[tuple], dict[int, Any], dict[int, Any], bool]:
             # One read transaction: a writer cannot commit (and so cannot delete a segment this
             # reads) until the files are mapped or read; a mapped file stays readable after deletion.
@@ -777,74 +841,58 @@ class Index:
             return rows, maps, cdata, verify
 
         rows, maps, cdata, verified = self._db(snapshot)
-        for key in [key for key in self._maps if key[0] not in maps and key[0] not in cdata]:
-            del self._maps[key]  # compacted or removed since the last search: never used again
-            self._verified.discard(key)
-        if not rows:
-            return [[] for _ in queries]
-        meta = [(decode_path(r[5]), r[6]) for r in rows]
-        if not two_stage:
-            scores = self._score_all(queries, rows, maps, verified, compact=False)
-            return [self._top(row, k, meta) for row in scores]
-        candidate = self._score_all(queries, rows, cdata, verified, compact=True)
-        if not self.keeps_originals:
-            return [self._top(row, k, meta) for row in candidate]
-        n = min(len(rows), max(k, rerank or DEFAULT_RERANK))
-        out = []
-        for q, row in zip(queries, candidate, strict=True):
-            picks = np.argpartition(-row, n - 1)[:n]
-            spans = [(rows[i][0], rows[i][3], rows[i][4]) for i in picks]
-            exact_rows = np.concatenate([maps[seg][a : a + c] for seg, a, c in spans])
-            offsets = np.concatenate([[0], np.cumsum([c for _, _, c in spans])])
-            s = score_packed([q], exact_rows, offsets)[0]
-            if not np.isfinite(s).all():
-                raise StoreError(f"{self.root}: non-finite scores in the exact stage; run index check")
-            full = np.full(len(rows), -np.inf, np.float32)
-            full[picks] = s
-            out.append(self._top(full, min(k, n), meta))
-        return out
-
-    def _score_all(self, queries: Sequence[np.ndarray], rows: list[tuple], arrays: dict[int, Any], verified: bool,
-                   compact: bool) -> np.ndarray:  # fmt: skip
-        """[Q, pages] MaxSim over the originals (or the compact vectors) of every page, in ``rows`` order."""
+        for old in [old for old in self._maps if old[0] not in maps and old[0] not in cdata]:
+            del self._maps[old]  # compacted or removed since the last search: never used again
+            self._verified.discard(old)
         by_seg: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_seg.setdefault(r[0], []).append(i)
-        scores = np.empty((len(queries), len(rows)), np.float32)
-        for seg, idx in by_seg.items():
-            arr = arrays[seg]
-            if compact:
-                starts = np.array([rows[i][9] for i in idx], np.int64)
-                counts = np.array([rows[i][10] for i in idx], np.int64)
-                file = rows[idx[0]][7]
-            else:
-                starts = np.array([rows[i][3] for i in idx], np.int64)
-                counts = np.array([rows[i][4] for i in idx], np.int64)
-                file = rows[idx[0]][1]
-            decode = self._decode if compact else None
-            if np.array_equal(starts[1:], (starts + counts)[:-1]):  # contiguous: score in place
-                lo = int(starts[0])
-                offsets = np.concatenate([[0], np.cumsum(counts)])
+        groups: dict[bool, list[_SegmentSpans]] = {}
+        for compact in (False, True) if two_stage else (False,):
+            if not compact and not maps:
+                continue
+            start_col, count_col, file_col = (9, 10, 7) if compact else (3, 4, 1)
+            groups[compact] = []
+            for seg, idx in by_seg.items():
+                starts = np.array([rows[i][start_col] for i in idx], np.int64)
+                counts = np.array([rows[i][count_col] for i in idx], np.int64)
+                contiguous = bool(np.array_equal(starts[1:], (starts + counts)[:-1]))
+                groups[compact].append(_SegmentSpans(seg, np.array(idx, np.int64), starts, counts,
+                                                     rows[idx[0]][file_col], contiguous))  # fmt: skip
+        plan = _SearchPlan(key, rows, maps, cdata, verified, groups)
+        self._plans[two_stage] = plan
+        return plan
+
+    def _score_all(self, queries: Sequence[np.ndarray], plan: _SearchPlan, compact: bool) -> np.ndarray:
+        """[Q, pages] MaxSim over the originals (or the compact vectors) of every page, in ``plan.rows`` order."""
+        scores = np.empty((len(queries), len(plan.rows)), np.float32)
+        arrays = plan.cdata if compact else plan.maps
+        decode = self._decode if compact else None
+        for g in plan.groups[compact]:
+            arr = arrays[g.seg]
+            offsets = np.concatenate([[0], np.cumsum(g.counts)])
+            if g.contiguous:  # score in place
+                lo = int(g.starts[0])
                 s = score_packed(queries, arr[lo : lo + int(offsets[-1])], offsets, decode=decode)
             else:
-                packed = np.concatenate([arr[a : a + c] for a, c in zip(starts, counts, strict=True)])
-                s = score_packed(queries, packed, np.concatenate([[0], np.cumsum(counts)]), decode=decode)
+                packed = np.concatenate([arr[a : a + c] for a, c in zip(g.starts, g.counts, strict=True)])
+                s = score_packed(queries, packed, offsets, decode=decode)
             if not np.isfinite(s).all():
-                if not verified:  # raises when the file was damaged
-                    self._verify(seg, file, arrays[seg], "csha256" if compact else "sha256")
-                raise StoreError(f"{self.root / SEGMENTS / file}: non-finite scores; the index is damaged")
-            scores[:, idx] = s
+                if not plan.verified:  # raises when the file was damaged
+                    self._verify(g.seg, g.file, arr, "csha256" if compact else "sha256")
+                raise StoreError(f"{self.root / SEGMENTS / g.file}: non-finite scores; the index is damaged")
+            scores[:, g.idx] = s
         return scores
 
     def _decode(self, data: np.ndarray) -> np.ndarray:
         return self.compaction.to_float(data, self.dim)
 
     @staticmethod
-    def _top(row: np.ndarray, k: int, meta: list[tuple[str, int]]) -> list[Hit]:
+    def _top(row: np.ndarray, k: int, rows: list[tuple]) -> list[Hit]:
         kk = min(k, len(row))
         top = np.argpartition(-row, kk - 1)[:kk]
         top = top[np.lexsort((top, -row[top]))]  # by score, ties by storage order
-        return [Hit(r + 1, float(row[i]), meta[i][0], meta[i][1]) for r, i in enumerate(top)]
+        return [Hit(r + 1, float(row[i]), decode_path(rows[i][5]), rows[i][6]) for r, i in enumerate(top)]
 
     def check(self) -> list[str]:
         """Every problem found (empty list = healthy): SQLite's integrity check, each segment's

@@ -326,3 +326,30 @@ def test_the_cli_creates_searches_and_refuses_changes(tiny_bundle: Path, tmp_pat
     assert info["compact"] == "rowcol" and info["originals"] == "kept" and "two-stage" in info["scores"]
     res = cli("index", "add", "--index", str(tmp_path / "bad"), "--bundle", b, "--compact", "hier", str(pages))
     assert res.returncode == 2 and "hier needs a number" in res.stderr
+
+
+def test_search_plan_is_reused_until_any_connection_commits(tmp_path: Path) -> None:
+    """The page table is read once per committed state: a second search reuses it, and a commit
+    by this connection or by another (another process's add) makes the next search read it again."""
+    rng = np.random.default_rng(7)
+    recs = [_page(rng, i) for i in range(12)]
+    reader = Index.create(tmp_path / "idx", IDENTITY, "rowcol")
+    with reader.writer():
+        reader.add_batch(recs[:4])
+    q = recs[9].embeddings[:5]
+    reader.search([q], k=3)
+    plan = reader._plans[True]
+    reader.search([q], k=3)
+    assert reader._plans[True] is plan
+    other = Index.open(tmp_path / "idx")
+    with other.writer():
+        other.add_batch(recs[4:10])
+    other.close()
+    assert reader.search([q], k=1)[0][0].path == "/p/9.png"  # another connection's commit is seen
+    assert reader._plans[True] is not plan
+    plan = reader._plans[True]
+    with reader.writer():
+        reader.remove(["/p/9.png"])
+    assert all(h.path != "/p/9.png" for h in reader.search([q], k=10)[0])  # and this connection's own
+    assert reader._plans[True] is not plan
+    reader.close()
