@@ -232,10 +232,15 @@ def model_corpus(bundle: Path, n_pages: int) -> tuple[list[PageRecord], list[np.
     return records, queries
 
 
+def _ordered(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    # by size, the model's own encodings last, whichever run (--append) measured them first
+    return sorted(result["corpora"].items(), key=lambda kv: (kv[0] == "model-encodings", kv[1]["pages"]))
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"# Search at scale ({result['machine']['cpu']}, {result['machine']['cores']} cores)", "",
              "Structured synthetic corpus (benchmarks/bench_scale.py). Ratios are within one run.", ""]  # fmt: skip
-    for label, corpus in result["corpora"].items():
+    for label, corpus in _ordered(result):
         lines += [f"## {label}: {corpus['pages']:,} pages, {corpus['queries']} queries", "",
                   "| setting | build s | disk MB | RAM MB (x fp16) | search p50 / p95 ms | x exact "
                   "| x --exact, same index | recall@10 | overlap@10 |",
@@ -266,7 +271,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    corpora = [(k, v) for k, v in result["corpora"].items() if k.startswith("synthetic")]
+    corpora = [(k, v) for k, v in _ordered(result) if k.startswith("synthetic")]
     fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.5), squeeze=False)
     for ax, (label, corpus) in zip(axes[0], corpora, strict=True):
         for name, r in corpus["settings"].items():
