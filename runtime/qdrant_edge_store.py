@@ -27,7 +27,7 @@ import numpy as np
 
 from .compact import Compaction
 from .errors import StoreError, UserError
-from .store import Hit, PageRecord, check_identity, decode_path, encode_path
+from .store import Hit, PageRecord, check_identity, decode_path, duplicate_pages, encode_path, new_records
 
 __all__ = ["QdrantEdgeStore"]
 
@@ -167,15 +167,8 @@ class QdrantEdgeStore:
         """Store ``records``; a path's pages in the batch replace its old ones."""
         q = _edge()
         stored = {(p["path"], p["page"]): p["content_hash"] for p in self.pages()}
-        points, seen = [], set()
-        for r in records:
-            if r.embeddings is None:
-                raise StoreError("embedded Qdrant keeps no shared rows; encode every page")
-            if r.embeddings.ndim != 2 or r.embeddings.shape[1] != self.dim:
-                raise StoreError(f"{r.path}: embeddings {r.embeddings.shape}, store dim {self.dim}")
-            if (r.path, r.page) in seen or stored.get((r.path, r.page)) == r.content_hash:
-                continue
-            seen.add((r.path, r.page))
+        points, fresh = [], list(new_records(records, stored, self.dim, "embedded Qdrant"))
+        for r in fresh:
             vec: dict[str, Any] = {}
             if self.keeps_originals:
                 vec["full"] = np.asarray(r.embeddings, np.float32).tolist()
@@ -187,7 +180,7 @@ class QdrantEdgeStore:
                        "size": r.size, "added": time.time()}  # fmt: skip
             points.append(q.Point(_point_id(r.path, r.page), vec, payload))
         new_ids = {str(p.id) for p in points}
-        for key in {encode_path(r.path).hex() for r in records if (r.path, r.page) in seen}:
+        for key in {encode_path(r.path).hex() for r in fresh}:
             stale = [_point_id(path, page) for (path, page) in stored if encode_path(path).hex() == key]
             stale = [i for i in stale if i not in new_ids]  # old pages the new version no longer has
             if stale:
@@ -247,14 +240,7 @@ class QdrantEdgeStore:
                 "bytes": sum(f.stat().st_size for f in files if f.is_file())}  # fmt: skip
 
     def check(self) -> list[str]:
-        seen: set[tuple[str, int]] = set()
-        problems = []
-        for p in self.pages():
-            key = (p["path"], p["page"])
-            if key in seen:
-                problems.append(f"{p['path']} page {p['page']} is stored twice")
-            seen.add(key)
-        return problems
+        return duplicate_pages(self.pages())
 
     def compact(self) -> dict[str, Any]:
         n = len(self.pages())

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError, UserError
-from .store import Hit, PageRecord, check_identity, decode_path, encode_path
+from .store import Hit, PageRecord, check_identity, decode_path, duplicate_pages, encode_path, new_records
 
 __all__ = ["QdrantStore"]
 
@@ -111,16 +111,9 @@ class QdrantStore:
         """Store ``records``: a page is (path, page); a path's pages in the batch replace its old ones."""
         from qdrant_client import models
 
-        points, seen = [], set()
+        points = []
         stored = {(p["path"], p["page"]): p["content_hash"] for p in self.pages()}
-        for r in records:
-            if r.embeddings is None:
-                raise StoreError("the qdrant store keeps no shared rows; encode every page")
-            if r.embeddings.ndim != 2 or r.embeddings.shape[1] != self.dim:
-                raise StoreError(f"{r.path}: embeddings {r.embeddings.shape}, collection dim {self.dim}")
-            if (r.path, r.page) in seen or stored.get((r.path, r.page)) == r.content_hash:
-                continue
-            seen.add((r.path, r.page))
+        for r in new_records(records, stored, self.dim, "the qdrant collection"):
             key = encode_path(r.path).hex()
             # Deterministic ids: re-adding the same page after a crash overwrites, never duplicates.
             pid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}#{r.page}"))
@@ -163,13 +156,7 @@ class QdrantStore:
             _ = self.meta  # the reserved point that makes this a collfm2-edge collection
         except StoreError as exc:
             return [str(exc)]
-        seen: set[tuple[str, int]] = set()
-        for p in self.pages():
-            key = (p["path"], p["page"])
-            if key in seen:
-                problems.append(f"{p['path']} page {p['page']} is stored twice")
-            seen.add(key)
-        return problems
+        return problems + duplicate_pages(self.pages())
 
     def compact(self) -> dict[str, Any]:
         n = self.client.count(self.collection, self._page_filter(), exact=True).count

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -63,6 +63,34 @@ class Hit:
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "score": self.score, "path": self.path, "page": self.page}
+
+
+def new_records(records: Sequence[PageRecord], stored: dict[tuple[str, int], str], dim: int,
+                where: str) -> Iterator[PageRecord]:  # fmt: skip
+    """The records a store without shared rows must write: each checked (real rows of ``dim``),
+    and skipped when the batch already had its page or ``stored`` holds the same content."""
+    seen: set[tuple[str, int]] = set()
+    for r in records:
+        if r.embeddings is None:
+            raise StoreError(f"{where} keeps no shared rows; encode every page")
+        if r.embeddings.ndim != 2 or r.embeddings.shape[1] != dim:
+            raise StoreError(f"{r.path}: embeddings {r.embeddings.shape}, {where} dim {dim}")
+        if (r.path, r.page) in seen or stored.get((r.path, r.page)) == r.content_hash:
+            continue
+        seen.add((r.path, r.page))
+        yield r
+
+
+def duplicate_pages(pages: Sequence[dict[str, Any]]) -> list[str]:
+    """``check``'s problem lines for pages (path, page) stored more than once."""
+    seen: set[tuple[str, int]] = set()
+    problems = []
+    for p in pages:
+        key = (p["path"], p["page"])
+        if key in seen:
+            problems.append(f"{p['path']} page {p['page']} is stored twice")
+        seen.add(key)
+    return problems
 
 
 @runtime_checkable

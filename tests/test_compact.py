@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from killers import KILL_AT_NTH_FSYNC
 
 from runtime.compact import Compaction, hierarchical_pool, page_layout, rowcol_pool
 from runtime.errors import InputError, StoreError
@@ -181,19 +182,11 @@ def test_compact_files_are_checked_compacted_and_reclaimed(tmp_path: Path) -> No
     index.close()
 
 
-COMPACT_KILLER = """
-import os, signal, sys
+COMPACT_KILLER = (
+    KILL_AT_NTH_FSYNC
+    + """
 import numpy as np
-import runtime.index as m
 from runtime.index import Index, PageRecord
-nth, calls = int(sys.argv[2]), {"n": 0}
-real = m._fsync_dir
-def hit(path):
-    calls["n"] += 1
-    if calls["n"] == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(path)
-m._fsync_dir = hit
 idx = Index.open(sys.argv[1])
 rng = np.random.default_rng(int(sys.argv[3]))
 with idx.writer():
@@ -205,6 +198,7 @@ with idx.writer():
                                    ((3, 8, 6),)))
         idx.add_batch(recs)
 """
+)
 
 
 @pytest.mark.parametrize("nth", [1, 2, 3, 5])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from killers import KILL_AT_NTH_FSYNC
 
 from export.validate import synthetic_page
 from runtime.bundle import MANIFEST
@@ -355,19 +356,12 @@ def test_index_check_command(tmp_path: Path) -> None:
 
 # -- atomic creation ------------------------------------------------------------------------------
 
-CREATE_KILLER = """
-import os, signal, sys
-import runtime.index as m
-nth, calls = int(sys.argv[2]), {"n": 0}
-real = m._fsync_dir
-def hit(path):
-    calls["n"] += 1
-    if calls["n"] == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(path)
-m._fsync_dir = hit
+CREATE_KILLER = (
+    KILL_AT_NTH_FSYNC
+    + """
 m.Index.create(sys.argv[1], {"dim": "128", "precision": "fp32", "bundle_manifest_sha256": "0"})
 """
+)
 
 
 @pytest.mark.parametrize("nth", [1, 2, 3])
