@@ -149,6 +149,7 @@ class _SegmentSpans:
     counts: np.ndarray
     file: str
     contiguous: bool  # pages back to back: scored in place, no copy
+    offsets: np.ndarray  # [0, cumsum(counts)]: the kernel's document bounds, built once per plan
 
 
 @dataclass(frozen=True)
@@ -875,7 +876,8 @@ class Index:
                 counts = np.array([rows[i][count_col] for i in idx], np.int64)
                 contiguous = bool(np.array_equal(starts[1:], (starts + counts)[:-1]))
                 groups[compact].append(_SegmentSpans(seg, np.array(idx, np.int64), starts, counts,
-                                                     rows[idx[0]][file_col], contiguous))  # fmt: skip
+                                                     rows[idx[0]][file_col], contiguous,
+                                                     np.concatenate([[0], np.cumsum(counts)])))  # fmt: skip
         plan = _SearchPlan(key, rows, maps, cdata, verified, groups)
         self._plans[two_stage] = plan
         return plan
@@ -890,7 +892,7 @@ class Index:
             arr = arrays[g.seg]
             if compact and decode is None:
                 arr = arr.view(np.float16)
-            offsets = np.concatenate([[0], np.cumsum(g.counts)])
+            offsets = g.offsets
             if g.contiguous:  # score in place
                 lo = int(g.starts[0])
                 s = score_packed(queries, arr[lo : lo + int(offsets[-1])], offsets, decode=decode)
