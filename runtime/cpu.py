@@ -7,6 +7,9 @@ The int8 recipes are chosen so their numbers do not depend on which of these run
 ``docs/cpu-classes.md``); the class is still recorded wherever fidelity was measured, so a claim
 "validated on" names the kernels that produced it.
 
+x86 with AVX-VNNI but no AVX-512 (Alder Lake on) is classed ``x86_64-avx2``, as numpy reports no
+AVX-VNNI flag, although MLAS runs an exact VNNI kernel there; the recipes' numbers are the same.
+
 The features come from numpy's own CPUID/HWCAP probe, not ``/proc/cpuinfo``: under qemu-user the
 latter is the host's file, while CPUID and the auxiliary vector are the emulated CPU's.
 """

@@ -117,6 +117,49 @@ def test_selftest_on_aarch64(arm64: Path, tiny_bundle: Path, host_selftest: dict
     _same_numbers(report, host_selftest, "int8", 2e-4, 5e-3)
 
 
+PROBE = ROOT / "jetson" / "int8_probe.py"
+
+
+@pytest.fixture(scope="module")
+def probe_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sys.path.insert(0, str(PROBE.parent))
+    try:
+        from int8_probe import write_probe_models
+    finally:
+        sys.path.remove(str(PROBE.parent))
+    return write_probe_models(tmp_path_factory.mktemp("int8-probe"))
+
+
+def _probe(res: subprocess.CompletedProcess) -> dict:
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return json.loads(res.stdout)
+
+
+# The guarantee the int8 recipe rests on: with 7-bit weights no kernel class clips, so every class
+# computes the same integers. 8-bit weights clip on AVX2 only (vpmaddubsw's int16 pair sums); the
+# SSE4.1 kernel widens to int16 before multiplying, and VNNI / sdot accumulate in int32.
+@pytest.mark.parametrize(("where", "expected", "w8_clips"), [
+    ("host", None, None), ("Haswell", "x86_64-avx2", True), ("Nehalem", "x86_64-sse", False),
+    ("aarch64", "aarch64-dotprod", False),
+])  # fmt: skip
+def test_int8_kernels_never_clip_the_recipes_weights(request: pytest.FixtureRequest, probe_models: Path, where: str,
+                                                     expected: str | None, w8_clips: bool | None) -> None:  # fmt: skip
+    if where == "host":
+        report = _probe(subprocess.run([sys.executable, str(PROBE), str(probe_models)], capture_output=True,
+                                       text=True, timeout=TIMEOUT))  # fmt: skip
+        # This machine's 8-bit case is not asserted: an AVX-VNNI laptop (Alder Lake on) is classed
+        # x86_64-avx2 (numpy reports no AVX-VNNI) yet runs MLAS's exact VNNI kernel.
+        expected = cpu_class()
+    elif where == "aarch64":
+        report = _probe(_aarch64(request.getfixturevalue("arm64"), str(PROBE), str(probe_models)))
+    else:
+        request.getfixturevalue("x86_host")
+        report = _probe(_x86(where, str(PROBE), str(probe_models)))
+    assert report["cpu_class"] == expected, report
+    assert report["saturation"]["w7"] == 0.0, report
+    assert w8_clips is None or (report["saturation"]["w8"] > 0.1) is w8_clips, report
+
+
 PREPROCESS = """
 import hashlib, platform, sys
 import numpy as np
