@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 K, N = 256, 16
-CASES = {"w8": 127, "w7": -64}  # -64: the far end of reduce_range's [-64, 63]
+CASES = {"w8": 127, "w7": -64}  # reduce_range quantises weights to [-64, 64]
 
 
 def write_probe_models(folder: Path) -> Path:

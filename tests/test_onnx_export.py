@@ -146,6 +146,13 @@ def test_graph_files(tiny_bundle: Path) -> None:
             assert must <= found and not must_not & found, (p, g, method, sorted(found))
             if g == "vision":
                 assert "GatherElements" in found
+            if method == "dynamic-int8":
+                # |w| <= 64 is the bound under which no int8 kernel clips (AVX2's int16 pair sums:
+                # 2 * 255 * 64 = 32,640); tests/test_cpu_classes.py probes it on each CPU class.
+                inits = {i.name: i for i in model.graph.initializer}
+                weights = [onnx.numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node
+                           if n.op_type == "MatMulInteger" and n.input[1] in inits]  # fmt: skip
+                assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64, (p, g)
 
 
 @pytest.mark.parametrize("bucket", [None, "smallest"])
