@@ -4,6 +4,8 @@ qemu-user runs (``jetson/qemu_setup.sh``; ``make test`` sets it up where it can,
 
 * this machine's x86 Python as Haswell (AVX2, no AVX-512/VNNI) and Nehalem (SSE4 only), so a
   VNNI machine also exercises the AVX2 int8 kernels, and an AVX2 one the SSE ones;
+* the same Python as a Tiger Lake (AVX-512 VNNI) in Bochs, which qemu cannot emulate
+  (``jetson/bochs_vnni.py``: Debian's kernel and an initramfs of the files a host run touched);
 * an arm64 Python with the runtime's aarch64 wheels as a Cortex-A76 (Raspberry Pi 5 core).
 
 Each runs the bundle's selftest (pages and queries vs the PyTorch fp32 reference, judged by the
@@ -160,6 +162,26 @@ def test_int8_kernels_never_clip_the_recipes_weights(request: pytest.FixtureRequ
     assert report["cpu_class"] == expected, report
     assert report["saturation"]["w7"] == 0.0, report
     assert w8_clips is None or (report["saturation"]["w8"] > 0.1) is w8_clips, report
+
+
+BOCHS = ROOT / "jetson" / "bochs_vnni.py"
+
+
+def test_selftest_on_emulated_vnni(x86_host: None, tiny_bundle: Path, host_selftest: dict, probe_models: Path) -> None:
+    """AVX-512 VNNI, which qemu cannot emulate: Bochs runs this machine's Python on a Tiger Lake
+    (``jetson/bochs_vnni.py``, about 4 min). VNNI must not clip even 8-bit weights (so its
+    ``vpdpbusd`` kernel really ran), and the bundle must give this machine's numbers."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        _missing("Bochs needs root and apt")
+    res = subprocess.run([sys.executable, str(BOCHS), "--timeout", "1500", "--", str(PROBE), str(probe_models),
+                          str(tiny_bundle)], capture_output=True, text=True, timeout=1800, cwd=ROOT)  # fmt: skip
+    report = _probe(res)
+    assert report["cpu_class"] == "x86_64-avx512vnni" and "AVX512VNNI" in report["features"], report
+    assert report["saturation"] == {"w8": 0.0, "w7": 0.0}, report
+    selftest = report["selftest"]
+    assert selftest["passed"], selftest
+    _same_numbers(selftest, host_selftest, "fp32", 1e-6, 1e-5)
+    _same_numbers(selftest, host_selftest, "int8", 2e-4, 5e-3)
 
 
 PREPROCESS = """
