@@ -9,10 +9,10 @@ The probe runs ONNX Runtime's ``MatMulInteger`` (u8 activations x s8 weights) on
 for 8-bit weights (255 x 127: every pair sum overflows int16) and for the 7-bit weights the
 ``int8`` recipe uses (255 x -64), and reports each result's error against exact integer
 arithmetic. Measured (docs/cpu-classes.md): AVX2's ``vpmaddubsw`` clips the first and not the
-second; the SSE4.1 kernel and aarch64 ``sdot``/``udot`` clip neither, nor, by its int32
-accumulation, can VNNI's ``vpdpbusd`` (not run here). So the probe shows which kernel class
-really ran, and the selftest shows the recipe's answers there. Runtime dependencies only (numpy, onnxruntime), so it
-runs under qemu-user (``qemu-x86_64 -cpu ...``, ``jetson/qemu_run.sh``).
+second; the SSE4.1 kernel, aarch64 ``sdot``/``udot`` and VNNI's ``vpdpbusd`` (under Bochs,
+``jetson/bochs_vnni.py``) clip neither. So the probe shows which kernel class really ran, and the
+selftest shows the recipe's answers there. Runtime dependencies only (numpy, onnxruntime), so it
+runs under emulators (``qemu-x86_64 -cpu ...``, ``jetson/qemu_run.sh``, ``jetson/bochs_vnni.py``).
 """
 
 from __future__ import annotations
