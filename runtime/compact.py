@@ -65,6 +65,11 @@ class Compaction:
         return f"{self.kind}:{self.param}" if self.kind in ("hier", "pool") else self.kind
 
     @property
+    def is_fp16(self) -> bool:
+        """Stored as fp16 rows (the pooled kinds): scored through a view, with no per-block decode."""
+        return self.kind not in ("int8", "binary")
+
+    @property
     def suffix(self) -> str:
         """The file suffix of this kind's segment files."""
         return {"int8": ".ci8", "binary": ".cb1"}.get(self.kind, ".c16")

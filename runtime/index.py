@@ -886,12 +886,12 @@ class Index:
         """[Q, pages] MaxSim over the originals (or the compact vectors) of every page, in ``plan.rows`` order."""
         scores = np.empty((len(queries), len(plan.rows)), np.float32)
         arrays = plan.cdata if compact else plan.maps
-        # pooled kinds are fp16 already: a view, no per-block decode
-        decode = self._decode if compact and self.compaction.kind in ("int8", "binary") else None
+        fp16_view = compact and self.compaction.is_fp16
+        decode = self._decode if compact and not fp16_view else None
         for g in plan.groups[compact]:
             arr = arrays[g.seg]
-            if compact and decode is None:
-                arr = arr.view(np.float16)
+            if fp16_view:
+                arr = self.compaction.to_float(arr, self.dim)
             offsets = g.offsets
             if g.contiguous:  # score in place
                 lo = int(g.starts[0])

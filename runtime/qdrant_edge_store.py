@@ -35,7 +35,6 @@ META = "collfm2.json"
 SHARD = "shard"
 LOCK = "index.lock"
 DEFAULT_RERANK = 100
-_FLOAT_KINDS = ("rowcol", "hier", "pool")
 
 
 def _edge() -> Any:
@@ -92,7 +91,7 @@ class QdrantEdgeStore:
         if root.exists() and any(p.name != LOCK for p in root.iterdir()):
             raise StoreError(f"{root}: exists and is not an embedded Qdrant store (and not empty)")
         kind = Compaction.parse(compact) if isinstance(compact, str) else compact
-        if kind is not None and kind.kind not in _FLOAT_KINDS:
+        if kind is not None and not kind.is_fp16:
             raise StoreError(f"embedded Qdrant takes float compact vectors (rowcol, hier:F, pool:K), not {kind}; "
                              "Qdrant quantises vectors itself")  # fmt: skip
         if not keep_originals and kind is None:
