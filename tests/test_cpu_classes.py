@@ -69,7 +69,7 @@ def _aarch64(qemu_dir: Path, *args: str, cwd: Path = ROOT) -> subprocess.Complet
                           text=True, timeout=TIMEOUT, cwd=cwd)  # fmt: skip
 
 
-def _selftest_json(res: subprocess.CompletedProcess) -> dict:
+def _json_out(res: subprocess.CompletedProcess) -> dict:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return json.loads(res.stdout)
 
@@ -78,7 +78,7 @@ def _selftest_json(res: subprocess.CompletedProcess) -> dict:
 def host_selftest(tiny_bundle: Path) -> dict:
     res = subprocess.run([sys.executable, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
                           "--precision", "fp32,int8"], capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
-    return _selftest_json(res)
+    return _json_out(res)
 
 
 def _same_numbers(a: dict, b: dict, precision: str, tol: float, maxsim_tol: float) -> None:
@@ -103,7 +103,7 @@ def test_cpu_class_names() -> None:
 @pytest.mark.parametrize(("cpu", "expected"), [("Haswell", "x86_64-avx2"), ("Nehalem", "x86_64-sse")])
 def test_selftest_on_emulated_x86(x86_host: None, tiny_bundle: Path, host_selftest: dict, cpu: str,
                                   expected: str) -> None:  # fmt: skip
-    report = _selftest_json(_x86(cpu, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
+    report = _json_out(_x86(cpu, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
                                  "--precision", "fp32,int8"))  # fmt: skip
     assert report["cpu_class"] == expected and report["passed"], report
     # fp32 to float rounding; int8 to the rounding of the activation scales, never to the kernel's.
@@ -112,7 +112,7 @@ def test_selftest_on_emulated_x86(x86_host: None, tiny_bundle: Path, host_selfte
 
 
 def test_selftest_on_aarch64(arm64: Path, tiny_bundle: Path, host_selftest: dict) -> None:
-    report = _selftest_json(_aarch64(arm64, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
+    report = _json_out(_aarch64(arm64, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
                                      "--precision", "fp32,int8"))  # fmt: skip
     assert report["machine"] == "aarch64" and report["cpu_class"] == "aarch64-dotprod" and report["passed"], report
     _same_numbers(report, host_selftest, "fp32", 1e-6, 1e-5)
@@ -132,11 +132,6 @@ def probe_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_probe_models(tmp_path_factory.mktemp("int8-probe"))
 
 
-def _probe(res: subprocess.CompletedProcess) -> dict:
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    return json.loads(res.stdout)
-
-
 # The guarantee the int8 recipe rests on: with 7-bit weights no kernel class clips, so every class
 # computes the same integers. 8-bit weights clip on AVX2 only (vpmaddubsw's int16 pair sums); the
 # SSE4.1 kernel widens to int16 before multiplying, and VNNI / sdot accumulate in int32.
@@ -147,7 +142,7 @@ def _probe(res: subprocess.CompletedProcess) -> dict:
 def test_int8_kernels_never_clip_the_recipes_weights(request: pytest.FixtureRequest, probe_models: Path, where: str,
                                                      expected: str | None, w8_clips: bool | None) -> None:  # fmt: skip
     if where == "host":
-        report = _probe(subprocess.run([sys.executable, str(PROBE), str(probe_models)], capture_output=True,
+        report = _json_out(subprocess.run([sys.executable, str(PROBE), str(probe_models)], capture_output=True,
                                        text=True, timeout=TIMEOUT))  # fmt: skip
         # On an x86_64-avx2 machine the 8-bit case is not asserted: an AVX-VNNI laptop (Alder Lake
         # on) is classed so (numpy reports no AVX-VNNI) yet runs MLAS's exact VNNI kernel. Every
@@ -155,10 +150,10 @@ def test_int8_kernels_never_clip_the_recipes_weights(request: pytest.FixtureRequ
         expected = cpu_class()
         w8_clips = None if expected == "x86_64-avx2" else False
     elif where == "aarch64":
-        report = _probe(_aarch64(request.getfixturevalue("arm64"), str(PROBE), str(probe_models)))
+        report = _json_out(_aarch64(request.getfixturevalue("arm64"), str(PROBE), str(probe_models)))
     else:
         request.getfixturevalue("x86_host")
-        report = _probe(_x86(where, str(PROBE), str(probe_models)))
+        report = _json_out(_x86(where, str(PROBE), str(probe_models)))
     assert report["cpu_class"] == expected, report
     assert report["saturation"]["w7"] == 0.0, report
     assert w8_clips is None or (report["saturation"]["w8"] > 0.1) is w8_clips, report
@@ -175,7 +170,7 @@ def test_selftest_on_emulated_vnni(x86_host: None, tiny_bundle: Path, host_selft
         _missing("Bochs needs root and apt")
     res = subprocess.run([sys.executable, str(BOCHS), "--timeout", "1500", "--", str(PROBE), str(probe_models),
                           str(tiny_bundle)], capture_output=True, text=True, timeout=1800, cwd=ROOT)  # fmt: skip
-    report = _probe(res)
+    report = _json_out(res)
     assert report["cpu_class"] == "x86_64-avx512vnni" and "AVX512VNNI" in report["features"], report
     assert report["saturation"] == {"w8": 0.0, "w7": 0.0}, report
     selftest = report["selftest"]
