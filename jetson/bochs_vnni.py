@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give the Python arguments after --")
     if os.geteuid() != 0:
         ap.error("needs root (apt-get for Bochs and the kernel)")
-    args = [str(Path(a).resolve()) if Path(a).exists() else a for a in args]
+    # Paths become absolute (the guest has only what is packed); a module name after -m stays a name.
+    args = [a if (i and args[i - 1] == "-m") or not Path(a).exists() else str(Path(a).resolve())
+            for i, a in enumerate(args)]  # fmt: skip
     work = ns.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     ensure_packages()
