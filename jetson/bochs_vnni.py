@@ -43,10 +43,12 @@ KERNEL_SUITE = "trixie"
 BEGIN, END = "=====collfm2-guest-begin=====", "=====collfm2-guest-end rc="
 
 TRACER = r"""
-import atexit, os, runpy, sys
+import atexit, importlib.util, os, runpy, sys
 out = os.environ.pop("COLLFM2_TRACE_OUT")
+ran = []  # what runpy ran as __main__ is back out of sys.modules by exit time
 def dump():
     files = {os.path.abspath(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+    files.update(ran)
     with open("/proc/self/maps") as fh:
         for line in fh:
             parts = line.split(None, 5)
@@ -59,6 +61,10 @@ atexit.register(dump)
 args = sys.argv[1:]
 if args[:1] == ["-m"]:
     sys.argv = [args[1]] + args[2:]
+    spec = importlib.util.find_spec(args[1])
+    if spec and spec.submodule_search_locations:
+        spec = importlib.util.find_spec(args[1] + ".__main__")
+    ran += [spec.origin] if spec and spec.origin else []
     runpy.run_module(args[1], run_name="__main__", alter_sys=True)
 else:
     sys.argv = args
