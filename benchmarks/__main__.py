@@ -49,24 +49,13 @@ def machine(threads: int) -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = platform.processor()
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
-    except OSError:
-        pass
+    from runtime.cpu import cpu_host
+
+    host = cpu_host()
     return {
-        "cpu": cpu,
+        **host,
         "cores": os.cpu_count(),
         "threads": threads,
-        "avx512": "avx512f" in flags,
-        "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
-        "int8_dot": "avx512_vnni" in flags or "avx_vnni" in flags,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -372,6 +361,11 @@ def fidelity(ref_model: Any, ort_models: dict[str, Any], processor: Any, pages: 
 # ---------------------------------------------------------------------------------------------
 
 
+def want_bf16(mode: str, cpu_has_bf16: bool) -> bool:
+    """Whether to measure PyTorch eager bf16: ``on`` always, ``off`` never, ``auto`` where the CPU has it."""
+    return mode == "on" or (mode == "auto" and cpu_has_bf16)
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     from export._compat import patch_torchvision
 
@@ -417,13 +411,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     ref = load_model(a.model).model.float().eval()
     backends["torch-eager-fp32"] = eager_stages(ref, processor, pages, queries, a.warmup, a.runs)
     tput = {"torch-eager-fp32": throughput(ref, processor, pages["512x512"], a.batch_sizes, a.warmup, a.runs)}
-    if result["machine"]["bf16"] and not a.no_bf16:
+    if want_bf16(a.bf16, result["machine"]["bf16"]):
         print("[bench] PyTorch eager bf16 ...", flush=True)
         m16 = load_model(a.model).model.to(torch.bfloat16).eval()
         backends["torch-eager-bf16"] = eager_stages(m16, processor, pages, queries, a.warmup, a.runs)
+        # Every backend gets the same entries: readers of the JSON (and its table) index them all.
+        tput["torch-eager-bf16"] = throughput(m16, processor, pages["512x512"], a.batch_sizes, a.warmup, a.runs)
         del m16
     else:
-        result["skipped"] = {"torch-eager-bf16": "this CPU has no bf16 instructions (bf16 runs 6-10x slower than fp32)"}
+        why = "--bf16 off" if a.bf16 == "off" else "no bf16 instructions (emulated bf16 is 6-10x slower than fp32)"
+        result["skipped"] = {"torch-eager-bf16": why}
     ort_models = {}
     bundle_precisions = json.loads((bundle / "manifest.json").read_text())["precisions"]
     for p in bundle_precisions:
@@ -627,7 +624,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="batches of 512x512 pages for pages/s (default 1,2,4)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--maxsim-pages", type=int, default=10_000)
-    ap.add_argument("--no-bf16", action="store_true", help="skip PyTorch bf16 even where the CPU supports it")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="PyTorch eager bf16: auto (where the CPU has bf16 instructions), on (always; emulated bf16 "
+                    "is slow, but the branch runs on every CPU), off")  # fmt: skip
+    ap.add_argument("--no-bf16", dest="bf16", action="store_const", const="off", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--name", default=None, help="file stem (default: bench-<model>-<cpu count>cpu)")
     a = ap.parse_args(argv)

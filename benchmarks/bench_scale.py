@@ -315,19 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import os
 
+    from runtime.cpu import cpu_class, cpu_name
+
     result: dict[str, Any] = {
         "schema": "collfm2-edge-scale/1",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cpu_class": cpu_class(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__},
         "corpora": {},
     }  # fmt: skip
-    try:
-        with open("/proc/cpuinfo") as f:
-            result["machine"]["cpu"] = next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
 
     previous = a.out / f"{a.name}.json"
     if a.append and previous.is_file():

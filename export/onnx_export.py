@@ -161,20 +161,9 @@ def _versions() -> dict[str, str]:
 
 
 def _host() -> dict[str, str]:
-    from runtime.cpu import cpu_class
+    from runtime.cpu import cpu_class, cpu_name
 
-    return {"cpu_class": cpu_class(), "machine": platform.machine(), "cpu": _cpu_name()}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return {"cpu_class": cpu_class(), "machine": platform.machine(), "cpu": cpu_name()}
 
 
 def _calibration_feeds(model: Any, processor: Any) -> dict[str, list[dict[str, np.ndarray]]]:

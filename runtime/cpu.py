@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import platform
 
-__all__ = ["CPU_CLASSES", "cpu_class", "cpu_features"]
+__all__ = ["CPU_CLASSES", "cpu_class", "cpu_features", "cpu_host", "cpu_name"]
 
 CPU_CLASSES = {
     "x86_64-avx512vnni": "x86 with AVX-512 VNNI (int8 dot products into int32)",
@@ -52,3 +52,33 @@ def cpu_class(machine: str | None = None, features: set[str] | None = None) -> s
     if machine in ("aarch64", "arm64"):
         return "aarch64-dotprod" if "ASIMDDP" in feats else "aarch64"
     return machine
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``; the platform's guess elsewhere).
+
+    The one reader of ``/proc/cpuinfo`` in the repo: a label for reports, never a feature test
+    (under qemu-user the file is the host's; features come from ``cpu_features``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_host(features: set[str] | None = None) -> dict[str, object]:
+    """What reports record about the CPU they ran on: name, class and the features that change
+    which kernels run (AVX-512, bf16, int8 dot products)."""
+    feats = cpu_features() if features is None else features
+    return {
+        "cpu": cpu_name(),
+        "cpu_class": cpu_class(features=feats),
+        "machine": platform.machine(),
+        "avx512": "AVX512F" in feats,
+        # numpy names no AMX flag; every CPU with AMX-BF16 also has AVX512_BF16.
+        "bf16": "AVX512BF16" in feats,
+        "int8_dot": bool({"AVX512VNNI", "AVXVNNI", "ASIMDDP"} & feats),
+    }

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.cpu import CPU_CLASSES, cpu_class
+from runtime.cpu import CPU_CLASSES, cpu_class, cpu_host
 
 ROOT = Path(__file__).resolve().parents[1]
 QEMU_DIR = Path(os.environ.get("COLLFM2_QEMU_DIR", ROOT / "build" / "qemu"))
@@ -98,6 +98,16 @@ def test_cpu_class_names() -> None:
     assert cpu_class("x86_64", {"SSE41"}) == "x86_64-sse"
     assert cpu_class("aarch64", {"ASIMD", "ASIMDDP"}) == "aarch64-dotprod"
     assert cpu_class("aarch64", {"ASIMD"}) == "aarch64"
+
+
+def test_cpu_host_reports_the_features_that_pick_kernels() -> None:
+    """Benchmarks and bundles record these; the bf16 flag decides whether the bf16 branch runs."""
+    spr = cpu_host({"AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16"})
+    assert spr["bf16"] and spr["avx512"] and spr["int8_dot"] and isinstance(spr["cpu"], str) and spr["cpu"]
+    epyc = cpu_host({"AVX2", "FMA3"})
+    assert not epyc["bf16"] and not epyc["avx512"] and not epyc["int8_dot"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert (spr["cpu_class"], epyc["cpu_class"]) == ("x86_64-avx512vnni", "x86_64-avx2")
 
 
 @pytest.mark.parametrize(("cpu", "expected"), [("Haswell", "x86_64-avx2"), ("Nehalem", "x86_64-sse")])
