@@ -264,7 +264,7 @@ def torch_as_bundle(model: Any) -> Callable[..., np.ndarray]:
 
 
 def ort_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:
-    from runtime.model import merge_image_tokens
+    from runtime.encoder.model import merge_image_tokens
 
     out: dict[str, Any] = {}
     for name, img in pages.items():
@@ -294,7 +294,7 @@ def ort_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: i
 
 def maxsim_bench(n_pages: int, rows: int, warmup: int, runs: int, tmp: Path, with_seed: bool) -> dict:
     from runtime import score
-    from runtime.index import Index, PageRecord
+    from runtime.stores.local.index import Index, PageRecord
 
     rng = np.random.default_rng(0)
     docs = []
@@ -335,7 +335,7 @@ def maxsim_bench(n_pages: int, rows: int, warmup: int, runs: int, tmp: Path, wit
 def fidelity(ref_model: Any, ort_models: dict[str, Any], processor: Any, pages: dict, queries: dict) -> dict:
     from export.parity import compare, topk_agreement
     from runtime import score
-    from runtime.model import real_rows
+    from runtime.encoder.model import real_rows
 
     extra = [__import__("export.validate", fromlist=["synthetic_page"]).synthetic_page(512, 400 + 40 * i, seed=30 + i)
              for i in range(4)]  # fmt: skip

@@ -36,7 +36,7 @@ def _median_time(fn, repeat: int) -> float:
 
 
 def bench_search(n_pages: int, rows: int, repeat: int, tmp: Path) -> dict:
-    from runtime.index import Index, PageRecord
+    from runtime.stores.local.index import Index, PageRecord
 
     rng = np.random.default_rng(0)
     index = Index.create(tmp / "idx", IDENTITY)
@@ -79,8 +79,8 @@ def bench_ingest(n_pages: int, tmp: Path) -> dict:
     from export.onnx_export import OnnxConfig, run
     from export.recipes import Precision
     from runtime import ColLFM2, ColLFM2Processor
-    from runtime.index import Index, PageRecord, bundle_identity
-    from runtime.ingest import Encoded, encode_stream, iter_sources
+    from runtime.ingest.stream import Encoded, encode_stream, iter_sources
+    from runtime.stores.local.index import Index, PageRecord, bundle_identity
 
     bundle, _ = run(OnnxConfig("tiny", str(tmp / "bundle"), (Precision.FP32,)), log=lambda m: None)
     pages = tmp / "pages"

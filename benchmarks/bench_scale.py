@@ -40,8 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.index import Index
-from runtime.store import PageRecord
+from runtime.stores.base import PageRecord
+from runtime.stores.local.index import Index
 
 IDENTITY = {"bundle_path": "-", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
             "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
@@ -123,7 +123,7 @@ class Corpus:
 def _store(kind: str, root: Path, compact: str | None, keep: bool) -> Any:
     if kind == "local":
         return Index.create(root, IDENTITY, compact, keep_originals=keep)
-    from runtime.qdrant_edge_store import QdrantEdgeStore
+    from runtime.stores.qdrant_edge import QdrantEdgeStore
 
     return QdrantEdgeStore.open(root, IDENTITY, compact, keep)
 
@@ -223,7 +223,7 @@ def model_corpus(bundle: Path, n_pages: int) -> tuple[list[PageRecord], list[np.
     images = [render_page(lines) for lines in SAMPLE_PAGES.values()]
     images += [synthetic_page(512, 512, seed=s) for s in range(n_pages - len(images))]
     records = []
-    from runtime.ingest import encode_stream, image_sources
+    from runtime.ingest.stream import encode_stream, image_sources
 
     for i, item in enumerate(encode_stream(model, model.processor, image_sources(images))):
         records.append(PageRecord(f"/rendered/{i:03d}.png", 1, f"r{i}", 0, item.embeddings, item.layout))

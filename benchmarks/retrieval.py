@@ -226,7 +226,7 @@ def evaluate(run: dict[str, list[str]], qrels: dict[str, dict[str, int]], ks: It
 
 def parse_setting(text: str) -> tuple[str | None, bool]:
     """``exact`` -> (None, True); ``KIND`` -> two-stage over KIND; ``KIND-only`` -> originals dropped."""
-    from runtime.compact import Compaction
+    from runtime.stores.compact import Compaction
 
     if text == "exact":
         return None, True
@@ -237,8 +237,8 @@ def parse_setting(text: str) -> tuple[str | None, bool]:
 
 def encode_corpus(model: Any, ds: Dataset) -> tuple[list[Any], float, list[str]]:
     """Every corpus page through the runtime: (PageRecords, seconds, failures)."""
-    from runtime.ingest import Encoded, Failed, PageSource, encode_stream
-    from runtime.store import PageRecord
+    from runtime.ingest.stream import Encoded, Failed, PageSource, encode_stream
+    from runtime.stores.base import PageRecord
 
     sources = [PageSource(cid, 1, f"corpus:{cid}", 0, lambda img=img: img) for cid, img in ds.corpus.items()]
     records, failures = [], []
@@ -255,7 +255,7 @@ def encode_corpus(model: Any, ds: Dataset) -> tuple[list[Any], float, list[str]]
 def search_setting(records: list[Any], identity: dict[str, str], query_rows: list[np.ndarray], setting: str,
                    k: int, rerank: int | None, tmp: Path) -> tuple[list[list[str]], float]:  # fmt: skip
     """Rankings (page ids, best first) of each query in an index of ``setting``, and mean ms/query."""
-    from runtime.index import Index
+    from runtime.stores.local.index import Index
 
     compact, keep = parse_setting(setting)
     index = Index.create(tmp / setting.replace(":", "_"), identity, compact, keep_originals=keep)
@@ -278,7 +278,7 @@ def reference_run(model_spec: str, ds: Dataset, qids: list[str], processor: Any,
     from export.checkpoint import load_model
     from export.reference import pick_device
     from runtime import score
-    from runtime.processor import collate_pages
+    from runtime.preprocess.processor import collate_pages
 
     device, dtype = pick_device()
     ref = load_model(model_spec).model.to(device=device, dtype=dtype).eval()
@@ -303,7 +303,7 @@ def reference_run(model_spec: str, ds: Dataset, qids: list[str], processor: Any,
 def run_dataset(a: argparse.Namespace, path: str) -> dict[str, Any]:
     """One dataset: every precision x setting, and the reference."""
     from runtime import ColLFM2
-    from runtime.store import bundle_identity
+    from runtime.stores.base import bundle_identity
 
     ds = load_dataset(path)
     qids = sorted(q for q in ds.queries if q in ds.qrels)[: a.limit_queries or None]

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from runtime import ColLFM2Processor, UserError, score
-from runtime.model import real_rows
+from runtime.encoder.model import real_rows
 
 SAMPLE_PAGES = {
     "invoice.png": ["INVOICE #2024-117", "Bill to: Example GmbH", "Item        Qty   Price", "Widget       4    12.00",

@@ -134,8 +134,8 @@ class VisionGraph(nn.Module):
         self,
         pixel_values: torch.Tensor,  # [B, N, 3*p*p]
         pixel_attention_mask: torch.Tensor,  # [B, N] 1 = real patch
-        pos_weights: torch.Tensor,  # [B, N, G*G] interpolation weights (runtime.image.position_weights)
-        unshuffle_index: torch.Tensor,  # [B, T, f*f] patch rows of each token (runtime.image.unshuffle_index)
+        pos_weights: torch.Tensor,  # [B, N, G*G] interpolation weights (runtime.preprocess.image.position_weights)
+        unshuffle_index: torch.Tensor,  # [B, T, f*f] patch rows of each token (preprocess.image.unshuffle_index)
     ) -> torch.Tensor:
         x = self.patch_embedding(pixel_values)  # [B, N, C]
         # Upstream resizes the G x G table with antialiased bilinear interpolation; that is a

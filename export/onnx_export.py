@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, Bundle, sha256_file
-from runtime.contract import GRAPH_SPECS
+from runtime.bundle.contract import GRAPH_SPECS
+from runtime.bundle.manifest import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, Bundle, sha256_file
 
 from .presets import PRESETS
 from .recipes import METHODS, RECIPES, Precision
@@ -80,7 +80,7 @@ def export_graph(name: str, module: Any, example: tuple, dst: Path, opset: int) 
     """torch module -> ONNX file with the names and named dynamic axes of its ``GraphSpec``."""
     import torch
 
-    from runtime.contract import GRAPH_SPECS
+    from runtime.bundle.contract import GRAPH_SPECS
 
     spec = GRAPH_SPECS[name]
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -108,7 +108,7 @@ def _examples(numbers: dict[str, Any]) -> dict[str, tuple]:
     """Trace inputs from each graph's contract (docs/reference.md §6.5: no axis may specialise)."""
     import torch
 
-    from runtime.contract import GRAPH_SPECS
+    from runtime.bundle.contract import GRAPH_SPECS
 
     return {g: tuple(torch.from_numpy(a) for a in spec.example(numbers)) for g, spec in GRAPH_SPECS.items()}
 
@@ -336,7 +336,7 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": _source(cfg, loaded),
             "model": numbers,
-            # What each graph takes and gives; the runtime feeds by these names (runtime.contract).
+            # What each graph takes and gives; the runtime feeds by these names (runtime.bundle.contract).
             "contract": {g: spec.as_manifest() for g, spec in GRAPH_SPECS.items()},
             "opset": cfg.opset,
             "mask_value": MASK_VALUE,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.trt_manifest import ENGINE_SCHEMA_VERSION
+from runtime.bundle.trt_manifest import ENGINE_SCHEMA_VERSION
 
 __all__ = [
     "BUILD_PATHS",
@@ -171,7 +171,7 @@ class EngineSpec:
 
 def _shapes(profile: DeviceProfile, graph: str, model: dict[str, Any]) -> list[dict[str, list[list[int]]]]:
     """Optimisation profiles of ``graph`` for ``profile``, from the graph contract."""
-    from runtime.contract import GRAPH_SPECS
+    from runtime.bundle.contract import GRAPH_SPECS
 
     return GRAPH_SPECS[graph].trt_ranges(profile, model)
 
@@ -417,7 +417,7 @@ def _compute_capability() -> str:
             return "{}.{}".format(*torch.cuda.get_device_capability())
     except ImportError:
         pass
-    from runtime.trt_runner import compute_capability
+    from runtime.encoder.trt import compute_capability
 
     return compute_capability()
 
@@ -446,7 +446,7 @@ def plan_and_check(cfg: TrtConfig, work: Path) -> tuple[dict[str, list[EngineSpe
     """Per TensorRT version: the build path, the engine plan with pre-flight problems attached,
     and the lines to print. TensorRT 8.x is checked on the rewritten graph it would build from
     (written under ``work``). A version whose source graphs the bundle lacks gets one error."""
-    from runtime.bundle import open_bundle
+    from runtime.bundle.manifest import open_bundle
 
     from .trt_rewrite import prepare_for_trt
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime import ColLFM2, ColLFM2Processor, open_bundle
-from runtime.model import merge_image_tokens
+from runtime.encoder.model import merge_image_tokens
 
 from .grid import validation_inputs
 from .parity import compare
@@ -65,7 +65,7 @@ def _text_pair(ref: ColLFM2, cand: ColLFM2, embeds: np.ndarray, mask: np.ndarray
 
 def validate_engine_set(bundle_dir: Path, out_dir: Path, meta: dict[str, Any], log: Callable[[str], None]) -> dict:
     """Load the engines just built in ``out_dir`` and compare them; the report goes into engines.json."""
-    from runtime.trt_runner import TrtEngine
+    from runtime.encoder.trt import TrtEngine
 
     engines = {m["graph"]: TrtEngine(out_dir / m["file"], m["sha256"]) for m in meta["engines"]}
     try:

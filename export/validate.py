@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from runtime import ColLFM2, ColLFM2Processor
-from runtime.contract import TEXT, VISION
-from runtime.model import merge_image_tokens, real_rows
+from runtime.bundle.contract import TEXT, VISION
+from runtime.encoder.model import merge_image_tokens, real_rows
 from runtime.parity import Fidelity, compare, fidelity_report
 
 from .grid import synthetic_page, validation_inputs

@@ -80,7 +80,7 @@ def device_info() -> dict[str, Any]:
     except ImportError:
         info["tensorrt"] = None
     try:
-        from runtime.trt_runner import compute_capability, cuda_runtime
+        from runtime.encoder.trt import compute_capability, cuda_runtime
 
         rt = cuda_runtime()
         info["cuda_python"] = getattr(sys.modules.get("cuda.bindings"), "__version__", None)
@@ -110,7 +110,7 @@ def benchmark(bundle: Path, runs: int, pages: int) -> dict[str, Any]:
     """Page, query and search timings on the trt backend, each with its power summary."""
     from export.grid import synthetic_page
     from runtime import ColLFM2, ColLFM2Processor
-    from runtime.index import Index, PageRecord, bundle_identity
+    from runtime.stores.local.index import Index, PageRecord, bundle_identity
 
     model = ColLFM2.from_pretrained(bundle, backend="trt")
     proc = ColLFM2Processor.from_pretrained(bundle)

@@ -68,7 +68,7 @@ def probe(folder: Path) -> dict[str, float]:
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from runtime.cpu import cpu_class, cpu_features
-    from runtime.selftest import selftest
+    from runtime.encoder.selftest import selftest
 
     if not argv or len(argv) > 2:
         print("usage: int8_probe.py PROBE_DIR [BUNDLE]", file=sys.stderr)

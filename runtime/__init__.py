@@ -4,11 +4,11 @@ Imports only numpy, Pillow, tokenizers (and onnxruntime where graphs run); a tes
 imports with torch blocked.
 """
 
-from .bundle import Bundle, open_bundle
-from .config import PreprocessConfig
+from .bundle.manifest import Bundle, open_bundle
+from .encoder.model import ColLFM2
 from .errors import ImageError, InputError, ModelFilesError, QueryError, UserError
-from .model import ColLFM2
-from .processor import ColLFM2Processor
+from .preprocess.config import PreprocessConfig
+from .preprocess.processor import ColLFM2Processor
 from .scoring import score
 
 __all__ = [

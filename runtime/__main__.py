@@ -20,9 +20,9 @@ import argparse
 import json
 import sys
 
-from .config import DECODE_MODES, TILE_LABEL_ORDERS
 from .errors import UserError
-from .processor import ColLFM2Processor
+from .preprocess.config import DECODE_MODES, TILE_LABEL_ORDERS
+from .preprocess.processor import ColLFM2Processor
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime", description="collfm2-edge runtime tools")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    from .cli_index import add_parsers, run_command
+    from .cli.commands import add_parsers, run_command
 
     add_parsers(sub)
     pre = sub.add_parser("preprocess", help="show how images are tiled and tokenised")

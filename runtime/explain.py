@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .compact import Layout, page_layout
 from .errors import InputError
+from .stores.compact import Layout, page_layout
 
 __all__ = ["Explanation", "explain", "normalise", "render", "similarity_maps", "write_maps"]
 
@@ -113,8 +113,8 @@ def explain(model: Any, query: str, image: Any, rows: np.ndarray | None = None, 
 
     ``rows`` are the page's stored embeddings (e.g. from an index); without them the page is
     encoded. Stored rows must match this page's preprocessing (same row count)."""
-    from .model import real_rows
-    from .processor import collate_pages
+    from .encoder.model import real_rows
+    from .preprocess.processor import collate_pages
 
     processor = model.processor
     page = processor.process_image(image, name)

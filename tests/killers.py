@@ -1,9 +1,9 @@
-"""What the crash tests' child processes run first: ``runtime.index`` patched to SIGKILL itself at
+"""What the crash tests' child processes run first: ``runtime.stores.local.index`` patched to SIGKILL itself at
 the n-th directory fsync of a write (``sys.argv[2]``), the points where a commit becomes durable."""
 
 KILL_AT_NTH_FSYNC = """
 import os, signal, sys
-import runtime.index as m
+import runtime.stores.local.index as m
 nth, calls = int(sys.argv[2]), {"n": 0}
 real = m._fsync_dir
 def hit(path):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from runtime import ColLFM2Processor, ImageError, InputError, QueryError, UserError
-from runtime.image import decode_image
+from runtime.preprocess.image import decode_image
 
 
 @pytest.fixture(scope="module")

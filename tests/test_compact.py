@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from killers import KILL_AT_NTH_FSYNC
 
-from runtime.compact import Compaction, hierarchical_pool, page_layout, rowcol_pool
 from runtime.errors import InputError, StoreError
-from runtime.index import DB, SEGMENTS, Index
 from runtime.scoring import score
-from runtime.store import PageRecord
+from runtime.stores.base import PageRecord
+from runtime.stores.compact import Compaction, hierarchical_pool, page_layout, rowcol_pool
+from runtime.stores.local.index import DB, SEGMENTS, Index
 
 IDENTITY = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
             "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
@@ -186,7 +186,7 @@ COMPACT_KILLER = (
     KILL_AT_NTH_FSYNC
     + """
 import numpy as np
-from runtime.index import Index, PageRecord
+from runtime.stores.local.index import Index, PageRecord
 idx = Index.open(sys.argv[1])
 rng = np.random.default_rng(int(sys.argv[3]))
 with idx.writer():

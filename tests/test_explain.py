@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.compact import page_layout
 from runtime.errors import InputError
 from runtime.explain import Explanation, explain, normalise, render, similarity_maps, write_maps
+from runtime.stores.compact import page_layout
 
 IMAGE_TOKEN = 396
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.image import position_weights, unshuffle_index
+from runtime.preprocess.image import position_weights, unshuffle_index
 
 torch = pytest.importorskip("torch")
 

@@ -17,8 +17,8 @@ from export.demo import SAMPLE_PAGES, render_page
 from export.validate import synthetic_page
 from runtime import ColLFM2, ColLFM2Processor, score
 from runtime.errors import StoreError
-from runtime.index import Index, PageRecord
-from runtime.ingest import Encoded, Failed, encode_stream, iter_sources
+from runtime.ingest.stream import Encoded, Failed, encode_stream, iter_sources
+from runtime.stores.local.index import Index, PageRecord
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-qdq")
 
@@ -157,7 +157,7 @@ def test_encode_npz(tiny_bundle: Path, pages_dir: Path, tmp_path: Path) -> None:
 
 KILLER = """
 import os, signal, sys
-import runtime.index as index_mod
+import runtime.stores.local.index as index_mod
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = {"n": 0}
 
@@ -264,7 +264,7 @@ IDENTITY = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_mod
 
 def test_qdrant_local_mode_equals_exact(tmp_path: Path) -> None:
     pytest.importorskip("qdrant_client")
-    from runtime.qdrant_store import QdrantStore
+    from runtime.stores.qdrant_server import QdrantStore
 
     rng = np.random.default_rng(0)
     pages = _random_pages(40, rng, rows=30)
@@ -309,7 +309,7 @@ def test_1000_add_batch_commits_keep_memory_flat(tmp_path: Path) -> None:
 
 
 def test_progress_bar_only_when_asked() -> None:
-    from runtime.ingest import progress
+    from runtime.ingest.stream import progress
 
     quiet = progress(10, "x", enabled=False)
     assert type(quiet).__name__ == "_Quiet"

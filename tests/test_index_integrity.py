@@ -22,10 +22,10 @@ import pytest
 from killers import KILL_AT_NTH_FSYNC
 
 from export.validate import synthetic_page
-from runtime.bundle import MANIFEST
+from runtime.bundle.manifest import MANIFEST
 from runtime.errors import StoreError
-from runtime.index import DB, SEGMENTS, Index, PageRecord
 from runtime.scoring import score
+from runtime.stores.local.index import DB, SEGMENTS, Index, PageRecord
 
 IDENTITY = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
             "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
@@ -170,7 +170,7 @@ def test_searches_racing_writers(tmp_path: Path) -> None:
     _filled(tmp_path / "idx", n=8).close()
     script = f"""
 import numpy as np, sys
-from runtime.index import Index, PageRecord
+from runtime.stores.local.index import Index, PageRecord
 rng = np.random.default_rng(5)
 idx = Index.open({str(tmp_path / "idx")!r})
 for i in range(30):
@@ -278,7 +278,7 @@ def test_compact_reclaims_dead_rows(tmp_path: Path) -> None:
 
 
 def test_every_tiff_frame_is_a_page_and_animations_say_so(tmp_path: Path) -> None:
-    from runtime.ingest import PageSource, iter_sources
+    from runtime.ingest.stream import PageSource, iter_sources
 
     frames = [synthetic_page(200, 160, seed=s) for s in (1, 2, 3)]
     frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
@@ -334,7 +334,7 @@ def test_same_size_garbage_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         with pytest.raises(StoreError, match="do not match the checksum"):
             index.search(q)  # small index: verified when mapped
         assert any("sha256 mismatch" in p for p in index.check())
-    import runtime.index as index_mod
+    import runtime.stores.local.index as index_mod
 
     monkeypatch.setattr(index_mod, "VERIFY_ON_OPEN_BYTES", 0)  # a big index: no hashing per search
     with Index.open(tmp_path / "idx") as index, pytest.raises(StoreError, match=r"checksum|non-finite"):
@@ -381,7 +381,7 @@ def test_kill_during_creation_leaves_nothing_half_made(tmp_path: Path, nth: int)
 
 
 def test_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import runtime.index as index_mod
+    import runtime.stores.local.index as index_mod
 
     index = _filled(tmp_path / "idx")
     before = sorted((p["path"], p["content_hash"]) for p in index.pages())
@@ -412,7 +412,7 @@ def test_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, monkeypatch: py
 
 
 def test_read_only_index_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import runtime.index as index_mod
+    import runtime.stores.local.index as index_mod
 
     index = _filled(tmp_path / "idx")
     monkeypatch.setattr(index_mod.tempfile, "mkstemp", lambda *a, **k: (_ for _ in ()).throw(
@@ -503,7 +503,7 @@ def test_malformed_manifests_are_one_line_and_leave_no_index(tiny_bundle: Path, 
 
 def test_pdfs_too_big_or_empty(tmp_path: Path) -> None:
     pdfium = pytest.importorskip("pypdfium2")
-    from runtime.ingest import Failed, iter_sources
+    from runtime.ingest.stream import Failed, iter_sources
 
     doc = pdfium.PdfDocument.new()
     doc.new_page(200 * 72, 200 * 72)  # 200 x 200 inches
@@ -531,7 +531,7 @@ im.save(sys.argv[1], compression="group4")
     # ru_maxrss, while VmHWM belongs to the new address space alone.
     decode = """
 import re, sys
-from runtime.image import decode_image
+from runtime.preprocess.image import decode_image
 a = decode_image(sys.argv[1])
 hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 print(a.shape, a[0, 0].tolist(), a[200, 200].tolist(), hwm // 1024)
@@ -549,8 +549,8 @@ print(a.shape, a[0, 0].tolist(), a[200, 200].tolist(), hwm // 1024)
 DRIVER = """
 import json, os, signal, sys
 import numpy as np
-import runtime.index as m
-from runtime.index import Index, PageRecord
+import runtime.stores.local.index as m
+from runtime.stores.local.index import Index, PageRecord
 root, op, arg, kill_at = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 calls = {"n": 0}
 def maybe_die():

@@ -16,11 +16,11 @@ from export.parity import compare, maxsim_rel_error
 from export.recipes import FAKE_QUANT, GATES, METHODS, RECIPES, Precision
 from export.validate import synthetic_page
 from runtime import ColLFM2, ColLFM2Processor, ModelFilesError, open_bundle, score
-from runtime.bundle import MANIFEST, sha256_file
+from runtime.bundle.manifest import MANIFEST, sha256_file
 from runtime.cpu import CPU_CLASSES
+from runtime.encoder.model import real_rows
 from runtime.errors import InputError
-from runtime.image import position_weights, unshuffle_index
-from runtime.model import real_rows
+from runtime.preprocess.image import position_weights, unshuffle_index
 
 ALL = tuple(p.value for p in Precision)
 
@@ -322,7 +322,7 @@ def test_output_dtype(tiny_bundle: Path) -> None:
 def test_vision_batch_changes_only_memory(tiny_bundle: Path, precision: str) -> None:
     """Tiles one at a time (the CPU default) or several per call give the same page: exactly in
     fp32; in int8 within the gate, since dynamic int8 takes one activation scale per call."""
-    from runtime.model import DEFAULT_VISION_BATCH, default_vision_batch
+    from runtime.encoder.model import DEFAULT_VISION_BATCH, default_vision_batch
 
     assert default_vision_batch("ort-cpu") == 1 and default_vision_batch("ort-cuda") == DEFAULT_VISION_BATCH > 1
     assert ColLFM2.from_pretrained(tiny_bundle).vision_batch == 1
@@ -347,7 +347,7 @@ def test_unknown_provider_says_what_is_there(tiny_bundle: Path) -> None:
 
 def test_backends_and_default_precision(tiny_bundle: Path) -> None:
     from runtime import UserError
-    from runtime.model import default_precision
+    from runtime.encoder.model import default_precision
 
     have = ["fp32", "fp16", "int8"]
     dyn, mixed = ["dynamic-int8"] * 2, ["dynamic-int8", "weight-only-int8"]
@@ -465,7 +465,7 @@ def test_graphs_run_attention_a_head_group_at_a_time(tiny_bundle: Path, tiny_mod
 def test_graph_contract_is_in_the_manifest_and_checked(tiny_bundle: Path, tmp_path: Path) -> None:
     """The manifest carries each graph's contract; the exported files agree with it; the runtime
     refuses a contract it does not feed and accepts bundles written before contracts existed."""
-    from runtime.contract import GRAPH_SPECS
+    from runtime.bundle.contract import GRAPH_SPECS
 
     m = json.loads((tiny_bundle / MANIFEST).read_text())
     assert m["contract"] == {g: s.as_manifest() for g, s in GRAPH_SPECS.items()}

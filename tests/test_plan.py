@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.config import PreprocessConfig
 from runtime.errors import ImageError
-from runtime.image import plan_image, position_weights, smart_resize, unshuffle_index
+from runtime.preprocess.config import PreprocessConfig
+from runtime.preprocess.image import plan_image, position_weights, smart_resize, unshuffle_index
 
 CFG = PreprocessConfig()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InputError
-from runtime.resize import axis_weights, resize_uint8
+from runtime.preprocess.resize import axis_weights, resize_uint8
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -87,7 +87,7 @@ def test_resize_rejects_bad_arrays() -> None:
 
 def test_reused_buffers_do_not_leak_between_calls() -> None:
     """Public results are fresh arrays; scratch reuse must not alias them."""
-    from runtime.resize import release_scratch, resize_values_many
+    from runtime.preprocess.resize import release_scratch, resize_values_many
 
     rng = np.random.default_rng(9)
     a_img = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.bundle import MANIFEST
+from runtime.bundle.manifest import MANIFEST
 from runtime.cpu import cpu_class
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from runtime.errors import StoreError
-from runtime.index import Index
 from runtime.scoring import score
-from runtime.store import PageRecord, Store
+from runtime.stores.base import PageRecord, Store
+from runtime.stores.local.index import Index
 
 IDENTITY = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
             "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
@@ -41,12 +41,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         s = Index.create(tmp_path / "idx", IDENTITY, "rowcol" if kind.endswith("rowcol") else "pool:4")
     elif kind == "qdrant-client":
         pytest.importorskip("qdrant_client")
-        from runtime.qdrant_store import QdrantStore
+        from runtime.stores.qdrant_server import QdrantStore
 
         s = QdrantStore.open(":memory:", "pages", IDENTITY)  # the client's code path, without a server
     else:
         pytest.importorskip("qdrant_edge")
-        from runtime.qdrant_edge_store import QdrantEdgeStore
+        from runtime.stores.qdrant_edge import QdrantEdgeStore
 
         s = QdrantEdgeStore.open(tmp_path / "edge", IDENTITY, "pool:4" if kind.endswith("pool") else None)
     yield s

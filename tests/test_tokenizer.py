@@ -8,8 +8,8 @@ import numpy as np
 
 from export.tokenizer import SPECIAL_IDS, build_synthetic_tokenizer, tile_label_id
 from runtime import ColLFM2Processor
-from runtime.image import plan_image
-from runtime.text import TextTokenizer
+from runtime.preprocess.image import plan_image
+from runtime.preprocess.text import TextTokenizer
 
 REAL_IDS = {
     "<|pad|>": 0,

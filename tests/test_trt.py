@@ -15,8 +15,8 @@ from onnx import TensorProto, helper
 from export.trt import DEVICE_PROFILES, TRT_VERSIONS, TrtConfig, build_path, plan_and_check, plan_engines, preflight
 from export.trt_rewrite import prepare_for_trt
 from runtime import ModelFilesError, open_bundle
-from runtime.image import position_weights, unshuffle_index
-from runtime.trt_manifest import ENGINE_SCHEMA_VERSION, check_engine
+from runtime.bundle.trt_manifest import ENGINE_SCHEMA_VERSION, check_engine
+from runtime.preprocess.image import position_weights, unshuffle_index
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from fake_trt import CUDA_RELEASES, TRT_RELEASES, FakeDevice, install, make_tens
 
 from export.trt import BUILD_PATHS, TrtConfig, build_path, run_trt
 from runtime import ColLFM2, ColLFM2Processor, ModelFilesError, UserError
-from runtime.index import bundle_identity
+from runtime.stores.local.index import bundle_identity
 
 CUDA_FOR = {"8.6.1": "12.6.2.post1", "10.3.0": "12.6.2.post1", "10.13.3.9": "13.0.3", "11.4.0.106": "13.0.3"}
 
@@ -110,7 +110,7 @@ def test_an_engine_that_fails_validation_is_refused(monkeypatch: pytest.MonkeyPa
             init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr[::-1]), init.name))
     onnx.save(model, str(fp16))
     manifest = json.loads((bundle / "manifest.json").read_text())
-    from runtime.bundle import sha256_file
+    from runtime.bundle.manifest import sha256_file
 
     manifest["files"]["fp16/text.onnx"] = sha256_file(fp16)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -142,7 +142,7 @@ def test_runner_under_cuda_python(monkeypatch: pytest.MonkeyPatch, bundle: Path,
 
 
 def test_runner_profiles_buffers_and_errors(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
-    from runtime.trt_runner import TrtEngine, load_engines
+    from runtime.encoder.trt import TrtEngine, load_engines
 
     _build(monkeypatch, bundle, "11.4.0.106", "fp16", validate=False)
     calls: list = []

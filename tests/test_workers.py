@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime import workers
-from runtime.resize import resize_uint8
+from runtime.preprocess.resize import resize_uint8
 
 
 @pytest.fixture

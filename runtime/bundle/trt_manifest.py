@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ModelFilesError
+from ..errors import ModelFilesError
 
 __all__ = ["ENGINE_SCHEMA_VERSION", "check_engine"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelFilesError, UserError
-from .trt_manifest import check_engine
+from ..bundle.trt_manifest import check_engine
+from ..errors import ModelFilesError, UserError
 
 __all__ = ["TrtEngine", "compute_capability", "cuda_runtime", "engine_sets", "load_engines"]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelFilesError
-from .image import position_weights, unshuffle_index
+from ..errors import ModelFilesError
+from ..preprocess.image import position_weights, unshuffle_index
 
 __all__ = ["GRAPH_SPECS", "TEXT", "VISION", "GraphSpec", "TensorSpec", "check_manifest_contract"]
 

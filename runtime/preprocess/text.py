@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import ModelFilesError, QueryError
+from ..errors import ModelFilesError, QueryError
 from .image import ImagePlan
 
 __all__ = ["MAX_QUERY_TOKENS", "SPECIAL_TOKENS", "VISUAL_PROMPT", "TextTokenizer"]

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import open_bundle
-from .cpu import cpu_class
-from .errors import ModelFilesError
-from .parity import Gate, fidelity_report
+from ..bundle.manifest import open_bundle
+from ..cpu import cpu_class
+from ..errors import ModelFilesError
+from ..parity import Gate, fidelity_report
 
 __all__ = ["selftest"]
 
@@ -35,8 +35,8 @@ def selftest(
     Returns ``{"cpu_class", "machine", "backend", "results": {precision: report}, "passed"}``
     where each report is ``parity.fidelity_report``'s (pages, queries, MaxSim, failures).
     """
+    from ..preprocess.processor import ColLFM2Processor
     from .model import ColLFM2, real_rows
-    from .processor import ColLFM2Processor
 
     bundle = open_bundle(Path(bundle_dir), verify=False)
     probe = bundle.manifest.get("selftest")

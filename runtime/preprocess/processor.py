@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ImageError, InputError, ModelFilesError
+from ..scoring import ArrayOrList
+from ..scoring import score as _score
+from ..workers import parallel_map, split_range
 from .config import DECODE_MODES, TILE_LABEL_ORDERS, PreprocessConfig
-from .errors import ImageError, InputError, ModelFilesError
 from .image import (
     ImagePlan,
     ImageSource,
@@ -30,10 +33,7 @@ from .image import (
     normalize_patchify,
     plan_image,
 )
-from .scoring import ArrayOrList
-from .scoring import score as _score
 from .text import MAX_QUERY_TOKENS, TextTokenizer, pad_batch
-from .workers import parallel_map, split_range
 
 __all__ = ["ColLFM2Processor", "ProcessedPage"]
 

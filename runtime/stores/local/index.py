@@ -46,11 +46,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .compact import Compaction
-from .errors import InputError, StoreError
-from .scoring import score_packed
-from .store import Hit, PageRecord, bundle_identity, check_identity, decode_path, encode_path
-from .workers import parallel_map
+from ...errors import InputError, StoreError
+from ...scoring import score_packed
+from ...workers import parallel_map
+from ..base import Hit, PageRecord, bundle_identity, check_identity, decode_path, encode_path
+from ..compact import Compaction
 
 __all__ = ["Hit", "Index", "PageRecord", "bundle_identity", "check_identity", "decode_path", "encode_path"]
 
@@ -88,7 +88,7 @@ CREATE INDEX pages_hash ON pages(content_hash);
 CREATE INDEX pages_segment ON pages(segment);
 """
 # A segment holds one commit's originals (``file``: fp16 rows, NULL when the index drops them) and,
-# when the index has a compact representation, its compact vectors (``cfile``, runtime.compact).
+# when the index has a compact representation, its compact vectors (``cfile``, runtime.stores.compact).
 # A page's rows are [row_start, +row_count) of the one and [c_start, +c_count) of the other.
 DEFAULT_RERANK = 100
 
@@ -200,7 +200,7 @@ class Index:
         """A new empty index at ``root`` (absent, or an empty directory), all at once: it is built
         beside ``root`` and renamed into place, so a crash leaves no half-made index.
 
-        ``compact``: a compact representation (``runtime.compact``) stored beside every page's
+        ``compact``: a compact representation (``runtime.stores.compact``) stored beside every page's
         rows and searched first; ``keep_originals=False`` stores only it (smallest; its scores
         are then the compact ones)."""
         root = Path(root)

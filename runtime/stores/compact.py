@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["KINDS", "Compaction", "Layout", "hierarchical_pool", "page_layout", "rowcol_pool"]
 

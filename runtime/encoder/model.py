@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import SHARED, Bundle, open_bundle
-from .contract import TEXT, VISION, check_manifest_contract
-from .errors import InputError, ModelFilesError, UserError
-from .image import position_weights, unshuffle_index
+from ..bundle.contract import TEXT, VISION, check_manifest_contract
+from ..bundle.manifest import SHARED, Bundle, open_bundle
+from ..errors import InputError, ModelFilesError, UserError
+from ..preprocess.image import position_weights, unshuffle_index
 
 __all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens", "real_rows"]
 
-# backend -> ONNX Runtime providers (None: native TensorRT engines, runtime/trt_runner.py).
+# backend -> ONNX Runtime providers (None: native TensorRT engines, runtime/encoder/trt.py).
 BACKENDS: dict[str, list[str] | None] = {
     "ort-cpu": ["CPUExecutionProvider"],
     "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -140,7 +140,7 @@ class ColLFM2:
         self.bundle = bundle
         self.engines: dict[str, Any] | None = None  # the engine set's engines.json (trt backend)
         if backend == "trt":
-            from .trt_runner import load_engines
+            from .trt import load_engines
 
             # The engines decide what runs: the precision an index records names the engine set
             # (and its manifest's hash), the embedding table is that of the graphs they came from.
@@ -164,7 +164,7 @@ class ColLFM2:
         self._max_tokens = int(m["tokens_per_tile"])
         # Bundles whose vision graph takes a dynamic patch count list the buckets to run it at.
         self.patch_buckets = sorted(int(b) for b in m.get("patch_buckets", [self._max_patches]))
-        # Input names come from the bundle's graph contract (checked against runtime.contract).
+        # Input names come from the bundle's graph contract (checked against runtime.bundle.contract).
         self._input_names = check_manifest_contract(str(bundle.path), bundle.manifest.get("contract"))
         self.vision_batch = max(1, int(vision_batch or default_vision_batch(backend)))
 
@@ -314,7 +314,7 @@ class ColLFM2:
     def processor(self) -> Any:
         """The bundle's ``ColLFM2Processor`` (loaded on first use, once)."""
         if getattr(self, "_processor", None) is None:
-            from .processor import ColLFM2Processor
+            from ..preprocess.processor import ColLFM2Processor
 
             self._processor = ColLFM2Processor.from_pretrained(self.bundle.path)
         return self._processor
@@ -326,7 +326,7 @@ class ColLFM2:
         thread while the model runs the previous batch of ``batch_size`` pages (fewer when they
         hold more than ``ingest.DEFAULT_BATCH_TILES`` tiles), so memory stays flat however many
         come. A bad image raises ``InputError`` naming it."""
-        from .ingest import Failed, encode_stream, image_sources
+        from ..ingest.stream import Failed, encode_stream, image_sources
 
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")

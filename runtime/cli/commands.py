@@ -15,9 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from .errors import QueryError, StoreError, UserError
-from .index import DB, DEFAULT_RERANK, Index, PageRecord, bundle_identity
-from .ingest import DEFAULT_BATCH_TILES, DEFAULT_DPI, Encoded, Failed, Skipped, encode_stream, iter_sources, progress
+from ..errors import QueryError, StoreError, UserError
+from ..ingest.stream import (
+    DEFAULT_BATCH_TILES,
+    DEFAULT_DPI,
+    Encoded,
+    Failed,
+    Skipped,
+    encode_stream,
+    iter_sources,
+    progress,
+)
+from ..stores.local.index import DB, DEFAULT_RERANK, Index, PageRecord, bundle_identity
 
 __all__ = ["add_parsers", "run_command"]
 
@@ -98,7 +107,7 @@ def _compact_args(p: argparse.ArgumentParser) -> None:
 
 
 def _compaction(text: str) -> Any:
-    from .compact import Compaction
+    from ..stores.compact import Compaction
 
     try:
         return Compaction.parse(text)
@@ -232,7 +241,7 @@ def _require_qdrant(server: bool) -> None:
 
 def _load(bundle_dir: str, precision: str | None, threads: int | None, backend: str = "ort-cpu") -> Any:
     """The model (with its processor, ``model.processor``), and the random-weights warning."""
-    from .model import ColLFM2
+    from ..encoder.model import ColLFM2
 
     model = ColLFM2.from_pretrained(bundle_dir, precision=precision, threads=threads, backend=backend)
     if model.bundle.random_weights:
@@ -246,11 +255,11 @@ def _open_store(args: argparse.Namespace, identity: dict[str, str] | None = None
     compact = getattr(args, "compact", None)
     keep = not getattr(args, "drop_originals", False)
     if args.store == "qdrant" and args.url:
-        from .qdrant_store import QdrantStore
+        from ..stores.qdrant_server import QdrantStore
 
         store = QdrantStore.open(args.url, args.collection, identity)
     elif args.store == "qdrant":  # embedded: the real engine in-process
-        from .qdrant_edge_store import QdrantEdgeStore
+        from ..stores.qdrant_edge import QdrantEdgeStore
 
         store = QdrantEdgeStore.open(args.index, identity, compact, keep)
     else:
@@ -269,7 +278,7 @@ def _exists(args: argparse.Namespace) -> bool:
     if args.store == "qdrant" and args.url:
         return True
     if args.store == "qdrant":
-        from .qdrant_edge_store import META
+        from ..stores.qdrant_edge import META
 
         return (Path(args.index) / META).is_file()
     root = Path(args.index)
@@ -339,7 +348,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _selftest(args: argparse.Namespace) -> int:
-    from .selftest import format_report, selftest
+    from ..encoder.selftest import format_report, selftest
 
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None
     report = selftest(args.bundle, precisions, args.engine, args.threads)
@@ -493,8 +502,8 @@ def _read_npz(path: Path) -> tuple[dict[str, str], list[PageRecord]]:
 
 def _import(args: argparse.Namespace) -> int:
     """Pages encoded elsewhere into the index: same bundle (checked), same commits as ``add``."""
-    from .bundle import open_bundle
-    from .store import check_identity
+    from ..bundle.manifest import open_bundle
+    from ..stores.base import check_identity
 
     added = 0
     for name in args.npz:
@@ -630,8 +639,8 @@ def _explain_page(model: Any, store: Any, query: str, src: Any, out: str, stem: 
     """Maps of one page: its stored rows when the store has this version of it, else encoded now."""
     from PIL import Image
 
-    from .explain import explain, write_maps
-    from .image import decode_image
+    from ..explain import explain, write_maps
+    from ..preprocess.image import decode_image
 
     rows = None
     stored = store.page_rows(src.path, src.page) if store is not None else None

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StoreError, UserError
+from .base import Hit, PageRecord, check_identity, decode_path, duplicate_pages, encode_path, new_records
 from .compact import Compaction
-from .errors import StoreError, UserError
-from .store import Hit, PageRecord, check_identity, decode_path, duplicate_pages, encode_path, new_records
 
 __all__ = ["QdrantEdgeStore"]
 

@@ -1,7 +1,7 @@
 """What a page store is: the ``Store`` protocol, its records, and the bundle identity it keeps.
 
-Two stores implement it: the local index (``runtime.index.Index``: fp16 segments + SQLite) and
-Qdrant (``runtime.qdrant_store.QdrantStore``: a server, or its embedded mode). The CLI talks to
+Two stores implement it: the local index (``runtime.stores.local.index.Index``: fp16 segments + SQLite) and
+Qdrant (``runtime.stores.qdrant_server.QdrantStore``: a server, or its embedded mode). The CLI talks to
 either through this protocol only; ``tests/test_stores.py`` runs one suite against both.
 
 A page is identified by (path, page number). A store records the identity of the bundle that
@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import StoreError
+from ..errors import StoreError
 
 __all__ = ["Hit", "PageRecord", "Store", "bundle_identity", "check_identity", "decode_path", "encode_path"]
 
@@ -50,7 +50,7 @@ class PageRecord:
     size: int
     embeddings: np.ndarray | None  # [n, dim], real rows only
     # Where the page's image tokens sit among its rows, per tile: (first row, grid h, grid w).
-    # Row/column pooling needs it (runtime.compact.page_layout); other stores ignore it.
+    # Row/column pooling needs it (runtime.stores.compact.page_layout); other stores ignore it.
     layout: tuple[tuple[int, int, int], ...] | None = None
 
 
@@ -157,7 +157,7 @@ class Store(Protocol):
 
 
 def bundle_identity(bundle: Any, precision: str) -> dict[str, str]:
-    """What a store records about the bundle that made its vectors (``runtime.bundle.Bundle``).
+    """What a store records about the bundle that made its vectors (``runtime.bundle.manifest.Bundle``).
 
     ``precision`` is what ran: an ONNX precision, or a TensorRT engine set (``trt/<set>@<sha>``)."""
     manifest = bundle.path / "manifest.json"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFilesError
+from ..errors import ModelFilesError
 
 __all__ = ["DECODE_MODES", "TILE_LABEL_ORDERS", "PreprocessConfig"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, UserError
+from ..errors import InputError, UserError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -60,7 +60,7 @@ class PageSource:
 class Encoded:
     source: PageSource
     embeddings: np.ndarray  # [n, 128] real rows
-    layout: tuple[tuple[int, int, int], ...] = ()  # per tile: (first row, token grid h, w); runtime.compact
+    layout: tuple[tuple[int, int, int], ...] = ()  # per tile: (first row, token grid h, w); runtime.stores.compact
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _pdf_pages(path: Path, data: bytes, digest: str, dpi: int) -> Iterator[PageS
         return
     if n == 0:
         yield Failed(str(path), None, f"{path}: PDF has no pages")
-    from .image import MAX_IMAGE_PIXELS
+    from ..preprocess.image import MAX_IMAGE_PIXELS
 
     for i in range(n):
         try:
@@ -209,7 +209,7 @@ def encode_stream(
     A model call takes pages until they hold ``batch_tiles`` tiles (or ``batch_pages`` pages).
     ``skip(source)`` may return a reason not to encode a page (e.g. already indexed).
     """
-    from .processor import collate_pages
+    from ..preprocess.processor import collate_pages
 
     q: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_tiles))
     stop = threading.Event()
@@ -274,8 +274,8 @@ def encode_stream(
 
 
 def _run_batch(model: Any, batch: list, collate: Callable) -> Iterator[Encoded]:
-    from .compact import page_layout
-    from .model import real_rows
+    from ..encoder.model import real_rows
+    from ..stores.compact import page_layout
 
     inputs = collate([page for _, page in batch])
     for (src, page), rows in zip(batch, real_rows(model.encode(inputs), inputs["attention_mask"]), strict=True):
@@ -285,7 +285,7 @@ def _run_batch(model: Any, batch: list, collate: Callable) -> Iterator[Encoded]:
 
 def image_sources(images: Iterable[Any]) -> Iterator[PageSource]:
     """In-memory images (paths, bytes, PIL images, HxWx3 arrays) as page sources, lazily."""
-    from .image import describe_source
+    from ..preprocess.image import describe_source
 
     for i, img in enumerate(images):
         name = describe_source(img)

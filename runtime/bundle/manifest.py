@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFilesError
+from ..errors import ModelFilesError
 
 __all__ = ["BUNDLE_FORMAT", "MANIFEST", "SCHEMA_VERSION", "Bundle", "open_bundle", "sha256_file"]
 

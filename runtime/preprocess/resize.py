@@ -35,8 +35,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import InputError
-from .workers import parallel_map, single_threaded_blas, split_range
+from ..errors import InputError
+from ..workers import parallel_map, single_threaded_blas, split_range
 
 __all__ = ["axis_weights", "release_scratch", "resize_uint8", "resize_uint8_many", "resize_values_many"]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageError, InputError
 from .config import DECODE_MODES, PreprocessConfig
-from .errors import ImageError, InputError
 from .resize import resize_values_many
 
 __all__ = [
