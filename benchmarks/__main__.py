@@ -335,7 +335,6 @@ def maxsim_bench(n_pages: int, rows: int, warmup: int, runs: int, tmp: Path, wit
 def fidelity(ref_model: Any, ort_models: dict[str, Any], processor: Any, pages: dict, queries: dict) -> dict:
     from export.parity import compare, topk_agreement
     from runtime import score
-    from runtime.encoder.model import real_rows
 
     extra = [__import__("export.validate", fromlist=["synthetic_page"]).synthetic_page(512, 400 + 40 * i, seed=30 + i)
              for i in range(4)]  # fmt: skip
@@ -349,9 +348,9 @@ def fidelity(ref_model: Any, ort_models: dict[str, Any], processor: Any, pages: 
         got_p = []
         for im in imgs:
             b = processor.process_images([im])
-            got_p += real_rows(m(**b), b["attention_mask"])
+            got_p += m.encode_rows(b)
         qb = processor.process_queries(qs)
-        got_q = real_rows(m(**qb), qb["attention_mask"])
+        got_q = m.encode_rows(qb)
         fp, fq = compare(ref_p, got_p), compare(ref_q, got_q)
         out[name] = {"pages": fp.as_dict(), "queries": fq.as_dict(),
                      "top5_agreement": topk_agreement(s_ref, score(got_q, got_p), 5)}  # fmt: skip

@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from runtime import ColLFM2Processor, UserError, score
-from runtime.encoder.model import real_rows
 
 SAMPLE_PAGES = {
     "invoice.png": ["INVOICE #2024-117", "Bill to: Example GmbH", "Item        Qty   Price", "Widget       4    12.00",
@@ -77,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             model = ColLFM2.from_pretrained(a.bundle, precision=a.precision)
             random_weights = model.bundle.random_weights
 
-            def encode(batch: dict) -> list[np.ndarray]:
-                return real_rows(model(**batch), batch["attention_mask"])
+            encode = model.encode_rows
 
             what = f"bundle {a.bundle} ({model.precision}, ONNX Runtime CPU)"
             proc_dir = a.bundle

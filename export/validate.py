@@ -23,7 +23,7 @@ from PIL import Image
 
 from runtime import ColLFM2, ColLFM2Processor
 from runtime.bundle.contract import TEXT, VISION
-from runtime.encoder.model import merge_image_tokens, real_rows
+from runtime.encoder.model import merge_image_tokens
 from runtime.parity import Fidelity, compare, fidelity_report
 
 from .grid import synthetic_page, validation_inputs
@@ -223,9 +223,9 @@ def pipeline_report(model: ColLFM2, ref: ReferenceSet, gate: Gate) -> dict[str, 
     """Whole runtime pipeline (ORT CPU) vs the reference: embeddings, MaxSim and ranking."""
     pages, refs = [], []
     for name, batch in ref.page_batches.items():
-        pages += real_rows(model.encode(batch), batch["attention_mask"])
+        pages += model.encode_rows(batch)
         refs.append(ref.page_embeddings[name])
-    queries = real_rows(model.encode(ref.query_batch), ref.query_batch["attention_mask"])
+    queries = model.encode_rows(ref.query_batch)
     return fidelity_report(refs, ref.query_embeddings, pages, queries, gate)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
-from .stores.compact import Layout, page_layout
+from .preprocess.layout import Layout
 
 __all__ = ["Explanation", "explain", "normalise", "render", "similarity_maps", "write_maps"]
 
@@ -63,7 +63,7 @@ def similarity_maps(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-token maps of ``query`` [n_q, d] over a page's ``rows`` [n, d] laid out as ``layout``.
 
-    ``layout`` is ``page_layout``'s: one (first row, h, w) per unit in row order, the tiles
+    ``layout`` is ``ProcessedPage.layout``: one (first row, h, w) per unit in row order, the tiles
     row-major and then the thumbnail. Returns (page [n_q, rows*h, cols*w], thumbnail or None)."""
     q = np.asarray(query, np.float32)
     r = np.asarray(rows, np.float32)
@@ -113,15 +113,13 @@ def explain(model: Any, query: str, image: Any, rows: np.ndarray | None = None, 
 
     ``rows`` are the page's stored embeddings (e.g. from an index); without them the page is
     encoded. Stored rows must match this page's preprocessing (same row count)."""
-    from .encoder.model import real_rows
     from .preprocess.processor import collate_pages
 
     processor = model.processor
     page = processor.process_image(image, name)
-    layout = page_layout(page.input_ids, page.spatial_shapes, model.image_token_id, model.downsample_factor)
+    layout = page.layout
     if rows is None:
-        batch = collate_pages([page])
-        rows = real_rows(model.encode(batch), batch["attention_mask"])[0]
+        rows = model.encode_rows(collate_pages([page]))[0]
     elif len(rows) != len(page.input_ids):
         raise InputError(f"{name or 'page'}: the stored vectors ({len(rows)} rows) do not match this page as it is "
                          f"preprocessed now ({len(page.input_ids)}); was the file changed or rendered at another "

@@ -15,9 +15,10 @@ import pytest
 from killers import KILL_AT_NTH_FSYNC
 
 from runtime.errors import InputError, StoreError
+from runtime.preprocess.layout import page_layout
 from runtime.scoring import score
 from runtime.stores.base import PageRecord
-from runtime.stores.compact import Compaction, hierarchical_pool, page_layout, rowcol_pool
+from runtime.stores.compact import Compaction, hierarchical_pool, rowcol_pool
 from runtime.stores.local.index import DB, SEGMENTS, Index
 
 IDENTITY = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
@@ -74,6 +75,7 @@ def test_page_layout_of_a_tiled_page(tiny_bundle: Path) -> None:
     page = proc.process_image(np.random.default_rng(2).integers(0, 256, (1754, 1240, 3), dtype=np.uint8))
     layout = page_layout(page.input_ids, page.spatial_shapes, 396)
     assert len(layout) == page.spatial_shapes.shape[0] == 7  # 3x2 tiles + thumbnail
+    assert page.layout == layout  # the processor records the same layout as it builds the ids
     for (start, h, w), (ph, pw) in zip(layout, page.spatial_shapes, strict=True):
         assert (h, w) == (ph // 2, pw // 2)
         assert (page.input_ids[start : start + h * w] == 396).all()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from runtime.errors import InputError
 from runtime.explain import Explanation, explain, normalise, render, similarity_maps, write_maps
-from runtime.stores.compact import page_layout
+from runtime.preprocess.layout import page_layout
 
 IMAGE_TOKEN = 396
 

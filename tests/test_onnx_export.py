@@ -18,9 +18,9 @@ from export.validate import synthetic_page
 from runtime import ColLFM2, ColLFM2Processor, ModelFilesError, open_bundle, score
 from runtime.bundle.manifest import MANIFEST, sha256_file
 from runtime.cpu import CPU_CLASSES
-from runtime.encoder.model import real_rows
 from runtime.errors import InputError
 from runtime.preprocess.image import position_weights, unshuffle_index
+from runtime.preprocess.processor import real_rows
 
 ALL = tuple(p.value for p in Precision)
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from export.validate import synthetic_page
 from runtime import ColLFM2, InputError
-from runtime.encoder.model import real_rows
 
 
 def _rss_mb() -> float:
@@ -33,9 +32,7 @@ def test_embed_images_equals_the_batch_api(fp32: ColLFM2, tmp_path: Path) -> Non
     synthetic_page(200, 200, seed=2).save(buf, format="PNG")
     images = [str(path), buf.getvalue(), synthetic_page(700, 500, seed=3),
               np.random.default_rng(4).integers(0, 256, (64, 90, 3), dtype=np.uint8)]  # fmt: skip
-    want = real_rows(
-        fp32(**fp32.processor.process_images(images)), fp32.processor.process_images(images)["attention_mask"]
-    )
+    want = fp32.encode_rows(fp32.processor.process_images(images))
     for batch_size in (1, 3):
         got = list(fp32.embed_images(iter(images), batch_size=batch_size))
         assert len(got) == len(want)
@@ -43,9 +40,7 @@ def test_embed_images_equals_the_batch_api(fp32: ColLFM2, tmp_path: Path) -> Non
             assert g.shape == w.shape and np.abs(g - w).max() < 1e-5
     queries = ["net income", "x", "a longer query about the shipping address on page two"]
     qb = fp32.processor.process_queries(queries)
-    for g, w in zip(
-        fp32.embed_queries(queries, batch_size=2), real_rows(fp32(**qb), qb["attention_mask"]), strict=True
-    ):
+    for g, w in zip(fp32.embed_queries(queries, batch_size=2), fp32.encode_rows(qb), strict=True):
         assert g.shape == w.shape and np.abs(g - w).max() < 1e-5
 
 

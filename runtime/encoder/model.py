@@ -27,8 +27,9 @@ from ..bundle.contract import TEXT, VISION, check_manifest_contract
 from ..bundle.manifest import SHARED, Bundle, open_bundle
 from ..errors import InputError, ModelFilesError, UserError
 from ..preprocess.image import position_weights, unshuffle_index
+from ..preprocess.processor import real_rows
 
-__all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens", "real_rows"]
+__all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens"]
 
 # backend -> ONNX Runtime providers (None: native TensorRT engines, runtime/encoder/trt.py).
 BACKENDS: dict[str, list[str] | None] = {
@@ -82,12 +83,6 @@ CPU_VISION_BATCH = 1
 def default_vision_batch(backend: str) -> int:
     """Tiles per vision call for ``backend``: 1 on ``ort-cpu``, ``DEFAULT_VISION_BATCH`` on GPUs."""
     return CPU_VISION_BATCH if backend == "ort-cpu" else DEFAULT_VISION_BATCH
-
-
-def real_rows(embeddings: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
-    """A padded batch [B, L, D] -> each item's real rows [n_i, D] (contiguous copies)."""
-    mask = np.asarray(attention_mask) > 0
-    return [np.ascontiguousarray(embeddings[i][mask[i]]) for i in range(embeddings.shape[0])]
 
 
 @lru_cache(maxsize=64)
@@ -351,8 +346,11 @@ class ColLFM2:
             yield from self._embed_query_batch(batch)
 
     def _embed_query_batch(self, batch: list[str]) -> Iterator[np.ndarray]:
-        inputs = self.processor.process_queries(batch)
-        yield from real_rows(self.encode(inputs), inputs["attention_mask"])
+        yield from self.encode_rows(self.processor.process_queries(batch))
+
+    def encode_rows(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """A ``process_images`` or ``process_queries`` batch -> each item's real rows [n_i, 128]."""
+        return real_rows(self.encode(batch), batch["attention_mask"])
 
     def __call__(self, **batch: np.ndarray) -> np.ndarray:
         """A ``process_images`` or ``process_queries`` batch -> embeddings [B, L, 128]."""

@@ -36,7 +36,7 @@ def selftest(
     where each report is ``parity.fidelity_report``'s (pages, queries, MaxSim, failures).
     """
     from ..preprocess.processor import ColLFM2Processor
-    from .model import ColLFM2, real_rows
+    from .model import ColLFM2
 
     bundle = open_bundle(Path(bundle_dir), verify=False)
     probe = bundle.manifest.get("selftest")
@@ -53,8 +53,7 @@ def selftest(
     for name in precisions or bundle.precisions:
         entry = bundle.precision(name)
         model = ColLFM2.from_pretrained(bundle.path, precision=name, threads=threads, backend=backend)
-        pages = real_rows(model(**pages_in), pages_in["attention_mask"])
-        queries = real_rows(model(**queries_in), queries_in["attention_mask"])
+        pages, queries = model.encode_rows(pages_in), model.encode_rows(queries_in)
         gate = Gate.from_dict(entry.get("gate") or {"min_worst_cos": 1.0})
         results[name] = {**fidelity_report(ref_pages, ref_queries, pages, queries, gate), "gate": str(gate)}
     return {

@@ -274,13 +274,9 @@ def encode_stream(
 
 
 def _run_batch(model: Any, batch: list, collate: Callable) -> Iterator[Encoded]:
-    from ..encoder.model import real_rows
-    from ..stores.compact import page_layout
-
     inputs = collate([page for _, page in batch])
-    for (src, page), rows in zip(batch, real_rows(model.encode(inputs), inputs["attention_mask"]), strict=True):
-        layout = page_layout(page.input_ids, page.spatial_shapes, model.image_token_id, model.downsample_factor)
-        yield Encoded(src, rows, layout)
+    for (src, page), rows in zip(batch, model.encode_rows(inputs), strict=True):
+        yield Encoded(src, rows, page.layout)
 
 
 def image_sources(images: Iterable[Any]) -> Iterator[PageSource]:

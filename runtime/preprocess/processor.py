@@ -33,9 +33,10 @@ from .image import (
     normalize_patchify,
     plan_image,
 )
+from .layout import Layout, page_layout
 from .text import MAX_QUERY_TOKENS, TextTokenizer, pad_batch
 
-__all__ = ["ColLFM2Processor", "ProcessedPage"]
+__all__ = ["ColLFM2Processor", "ProcessedPage", "collate_pages", "real_rows"]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ProcessedPage:
     pixel_attention_mask: np.ndarray  # [n_units, max_patches] int32
     spatial_shapes: np.ndarray  # [n_units, 2] int64
     plan: ImagePlan = field(repr=False)
+    layout: Layout = ()  # per unit: (first row, token grid h, w) of its image tokens in input_ids
 
 
 class ColLFM2Processor:
@@ -119,7 +121,9 @@ class ColLFM2Processor:
 
         # Memory-bound casts and divides over ~3 MB per unit: one run of units per core.
         parallel_map(normalize, split_range(len(units)))
-        return ProcessedPage(self.tokenizer.document_ids(plan), pixel_values, mask, shapes, plan)
+        ids = self.tokenizer.document_ids(plan)
+        layout = page_layout(ids, shapes, self.tokenizer.ids["image"], cfg.downsample_factor)
+        return ProcessedPage(ids, pixel_values, mask, shapes, plan, layout)
 
     def process_images(self, images: Sequence[ImageSource]) -> dict[str, np.ndarray]:
         """Batch of images -> upstream's keys. Raises ``InputError`` naming the bad image."""
@@ -171,3 +175,10 @@ def collate_pages(pages: Sequence[ProcessedPage]) -> dict[str, np.ndarray]:
         "pixel_attention_mask": np.concatenate([p.pixel_attention_mask for p in pages], axis=0),
         "spatial_shapes": np.concatenate([p.spatial_shapes for p in pages], axis=0),
     }
+
+
+def real_rows(embeddings: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+    """The inverse of the collation: a padded batch [B, L, D] -> each item's real rows [n_i, D]
+    (contiguous copies), the rows ``attention_mask`` marks."""
+    mask = np.asarray(attention_mask) > 0
+    return [np.ascontiguousarray(embeddings[i][mask[i]]) for i in range(embeddings.shape[0])]

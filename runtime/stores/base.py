@@ -50,7 +50,7 @@ class PageRecord:
     size: int
     embeddings: np.ndarray | None  # [n, dim], real rows only
     # Where the page's image tokens sit among its rows, per tile: (first row, grid h, grid w).
-    # Row/column pooling needs it (runtime.stores.compact.page_layout); other stores ignore it.
+    # Row/column pooling needs it (runtime.preprocess.layout, ProcessedPage.layout); other stores ignore it.
     layout: tuple[tuple[int, int, int], ...] | None = None
 
 

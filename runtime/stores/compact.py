@@ -20,7 +20,8 @@ cosine score like the full one. ``to_float`` turns any kind back into float rows
 kernel scores (int8 and binary decode per block; pooled kinds are float16 already).
 
 The layout of a page is where its image tokens sit among its rows: one ``(start, grid_h,
-grid_w)`` per tile (and thumbnail), in row order (``page_layout``).
+grid_w)`` per tile (and thumbnail), in row order (``runtime.preprocess.layout``; the processor
+records it on each ``ProcessedPage``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..preprocess.layout import Layout
 
-__all__ = ["KINDS", "Compaction", "Layout", "hierarchical_pool", "page_layout", "rowcol_pool"]
+__all__ = ["KINDS", "Compaction", "hierarchical_pool", "rowcol_pool"]
 
-Layout = tuple[tuple[int, int, int], ...]  # per unit: (first row, token grid height, token grid width)
 
 KINDS = ("int8", "binary", "rowcol", "hier", "pool")
 
@@ -117,23 +118,6 @@ def _sign_table(dim: int) -> np.ndarray:
     # byte -> its 8 signs as one 16-byte scalar: a scalar gather is ~10x faster than a [256, 8] one
     bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)
     return np.ascontiguousarray(((2.0 * bits - 1.0) / np.sqrt(dim)).astype(np.float16)).view(np.complex128)[:, 0]
-
-
-def page_layout(input_ids: np.ndarray, spatial_shapes: np.ndarray, image_token_id: int, factor: int = 2) -> Layout:
-    """Where each unit's image tokens start among a page's rows, and its token grid (h, w)."""
-    ids = np.asarray(input_ids)
-    where = np.flatnonzero(ids == image_token_id)
-    out, cursor = [], 0
-    for ph, pw in np.asarray(spatial_shapes):
-        h, w = int(ph) // factor, int(pw) // factor
-        if cursor + h * w > len(where):
-            raise InputError("the page's <image> tokens do not cover its tiles")
-        start = int(where[cursor])
-        if int(where[cursor + h * w - 1]) != start + h * w - 1:
-            raise InputError("a tile's image tokens are not contiguous")
-        out.append((start, h, w))
-        cursor += h * w
-    return tuple(out)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
