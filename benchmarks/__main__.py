@@ -66,8 +66,9 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def _ort_matmul(threads: int, n: int, a_type: int, b_type: int, op: str) -> Any:
-    import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from runtime.sessions import ort_session
 
     out_type = TensorProto.INT32 if op == "MatMulInteger" else TensorProto.FLOAT
     g = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "mm",
@@ -76,9 +77,7 @@ def _ort_matmul(threads: int, n: int, a_type: int, b_type: int, op: str) -> Any:
                           [helper.make_tensor_value_info("c", out_type, [n, n])])  # fmt: skip
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 9
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort_session(m.SerializeToString(), threads)
 
 
 def gemm_peaks(threads: int) -> dict[str, float]:
@@ -111,8 +110,9 @@ def gemm_peaks(threads: int) -> dict[str, float]:
 def read_bandwidth(threads: int) -> float:
     """GB/s of a pure read stream: ORT's ReduceMax over 512 MB on ``threads`` threads. A query
     reads its weights and writes almost nothing, so its floor uses this, not the copy."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from runtime.sessions import ort_session
 
     n = 1 << 27
     g = helper.make_graph([helper.make_node("ReduceMax", ["x"], ["y"], keepdims=0)], "read",
@@ -120,9 +120,7 @@ def read_bandwidth(threads: int) -> float:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])  # fmt: skip
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 9
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    s = ort_session(m.SerializeToString(), threads)
     x = np.ones(n, np.float32)
     t = timeit(lambda: s.run(None, {"x": x}), 1, 5)
     return x.nbytes / (t["p50_ms"] / 1e3) / 1e9
@@ -251,16 +249,24 @@ def throughput(model: Any, processor: Any, img: Any, batch_sizes: list[int], war
     return out
 
 
-def torch_as_bundle(model: Any) -> Callable[..., np.ndarray]:
+class TorchAsBundle:
     """A transformers model called like a ``runtime.ColLFM2``: numpy batch in, padded [B, L, 128]
-    float32 out, so that ``fidelity`` compares any backend against the same reference."""
-    import torch
+    float32 out (and ``encode_rows``), so that ``fidelity`` compares any backend against the same
+    reference."""
 
-    def call(**batch: np.ndarray) -> np.ndarray:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, **batch: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
-            return model(**_on_device(model, batch)).float().cpu().numpy()
+            return self.model(**_on_device(self.model, batch)).float().cpu().numpy()
 
-    return call
+    def encode_rows(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from runtime.preprocess.processor import real_rows
+
+        return real_rows(self(**batch), batch["attention_mask"])
 
 
 def ort_stages(model: Any, processor: Any, pages: dict, queries: dict, warmup: int, runs: int) -> dict:

@@ -36,6 +36,7 @@ from typing import Any
 
 from benchmarks.__main__ import (
     PAGES,
+    TorchAsBundle,
     _inputs,
     eager_stage_fns,
     eager_stages,
@@ -43,7 +44,6 @@ from benchmarks.__main__ import (
     machine,
     stage_table,
     throughput,
-    torch_as_bundle,
     write_results,
 )
 from benchmarks.timing import timeit
@@ -189,7 +189,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     print("[bench-cuda] counting FLOPs ...", flush=True)
     result["flops"] = count_flops(models[f"torch-{dev.type}-fp32"], processor, pages, queries)
     print("[bench-cuda] fidelity against CPU fp32 ...", flush=True)
-    result["fidelity"] = fidelity(ref, {n: torch_as_bundle(m) for n, m in models.items()}, processor, pages, queries)
+    result["fidelity"] = fidelity(ref, {n: TorchAsBundle(m) for n, m in models.items()}, processor, pages, queries)
     result["ratios"] = ratios(result)
     return result
 

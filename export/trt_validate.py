@@ -33,7 +33,7 @@ def compare_engines(bundle_dir: Path, engines: Mapping[str, Any], precision: str
     bundle = open_bundle(bundle_dir, "fp32")
     ref = ColLFM2(bundle, "fp32")
     cand = ColLFM2(bundle, "fp32", vision_batch=4)
-    cand.sessions = {**cand.sessions, **engines}
+    cand.runners = {**cand.runners, **engines}
     proc = ColLFM2Processor.from_pretrained(bundle_dir)
     pages, queries = validation_inputs(proc)
     vis_ref, vis_got, txt_ref, txt_got = [], [], [], []

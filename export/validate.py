@@ -25,6 +25,7 @@ from runtime import ColLFM2, ColLFM2Processor
 from runtime.bundle.contract import TEXT, VISION
 from runtime.encoder.model import merge_image_tokens
 from runtime.parity import Fidelity, compare, fidelity_report
+from runtime.sessions import ort_session
 
 from .grid import synthetic_page, validation_inputs
 from .recipes import Gate
@@ -232,13 +233,10 @@ def pipeline_report(model: ColLFM2, ref: ReferenceSet, gate: Gate) -> dict[str, 
 def load_session(
     path: Path, threads: int | None = None, session_config: Sequence[tuple[str, str]] = ()
 ) -> ort.InferenceSession:
-    """A CPU session over ``path`` with the recipe's session settings (``Recipe.session_config``)."""
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    for key, value in session_config:
-        opts.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A CPU session over ``path`` with the recipe's session settings (``Recipe.session_config``),
+    made as the runtime makes it (``runtime.sessions``: no memory arena), so the gate measures the
+    sessions the device runs."""
+    return ort_session(path, threads, session_config)
 
 
 Progress = Callable[[str], None]

@@ -51,14 +51,12 @@ def write_probe_models(folder: Path) -> Path:
 
 def probe(folder: Path) -> dict[str, float]:
     """Relative error of each case's int32 result against exact integers (0.0: exact)."""
-    import onnxruntime as ort
+    from runtime.sessions import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
     out = {}
     a = np.full((4, K), 255, np.uint8)
     for name, w in CASES.items():
-        sess = ort.InferenceSession(str(folder / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(folder / f"{name}.onnx", threads=1)
         got = sess.run(None, {"A": a})[0].astype(np.int64)
         exact = K * 255 * w
         out[name] = float(np.abs(got - exact).max() / abs(exact))

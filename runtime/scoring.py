@@ -60,12 +60,11 @@ def _session(dtype: np.dtype, threads: int = 0):  # -> onnxruntime.InferenceSess
         key = (dtype, threads)
         if key not in _sessions:
             try:
-                import onnxruntime as ort
+                from .sessions import ort_session
 
-                opts = ort.SessionOptions()
-                opts.log_severity_level = 3
-                opts.intra_op_num_threads = threads
-                _sessions[key] = ort.InferenceSession(_MAXSIM_ONNX[dtype], opts, providers=["CPUExecutionProvider"])
+                # The arena stays on here: the kernel's blocks are small and the same size run after
+                # run, so it reuses one block's buffers instead of allocating per call.
+                _sessions[key] = ort_session(_MAXSIM_ONNX[dtype], threads, arena=True, quiet=True)
             except Exception:  # onnxruntime missing or broken: numpy still gives the same numbers
                 _sessions[key] = None
         return _sessions[key]

@@ -388,11 +388,11 @@ def test_int8_qdq_runs_as_fake_quantisation(tiny_bundle: Path) -> None:
     """The runtime applies the session settings the manifest records: ORT computes the TensorRT
     graphs' Q/DQ in float instead of fusing them into its CPU int8 kernels."""
     qdq = ColLFM2.from_pretrained(tiny_bundle, precision="int8-qdq")
-    for session in qdq.sessions.values():
-        assert session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+    for runner in qdq.runners.values():
+        assert runner.session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
     plain = ColLFM2.from_pretrained(tiny_bundle, precision="int8")
     with pytest.raises(RuntimeError, match="does not have configuration"):
-        plain.sessions["text"].get_session_options().get_session_config_entry("session.disable_quant_qdq")
+        plain.runners["text"].session.get_session_options().get_session_config_entry("session.disable_quant_qdq")
 
 
 def test_gate_keeps_the_first_candidate_that_passes(tiny_bundle: Path, tiny_model, tmp_path: Path) -> None:

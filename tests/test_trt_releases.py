@@ -156,21 +156,21 @@ def test_runner_profiles_buffers_and_errors(monkeypatch: pytest.MonkeyPatch, bun
         return {"inputs_embeds": rng.standard_normal((b, s, 64)).astype(np.float32),
                 "attention_mask": np.ones((b, s), np.int64)}  # fmt: skip
 
-    text.run(None, feeds(1, 12))  # a query: profile 0
-    text.run(None, feeds(1, 200))  # a page: profile 1, larger buffers
+    text.run(feeds(1, 12))  # a query: profile 0
+    text.run(feeds(1, 200))  # a page: profile 1, larger buffers
     after_growth = device.mallocs
-    text.run(None, feeds(1, 150))  # smaller: the buffers are reused
+    text.run(feeds(1, 150))  # smaller: the buffers are reused
     assert device.mallocs == after_growth
     assert [c[1] for c in calls if c[0] == "set_optimization_profile_async"] == [0, 1]  # switched once each
     with pytest.raises(UserError, match="outside every optimisation profile"):
-        text.run(None, feeds(1, 5000))
+        text.run(feeds(1, 5000))
     with pytest.raises(UserError, match="missing input"):
-        text.run(None, {"inputs_embeds": feeds(1, 4)["inputs_embeds"]})
+        text.run({"inputs_embeds": feeds(1, 4)["inputs_embeds"]})
     for e in engines.values():
         e.close()
     assert not device.live and not device.streams
     with pytest.raises(RuntimeError, match="closed"):
-        text.run(None, feeds(1, 12))
+        text.run(feeds(1, 12))
     engine_file = bundle / "trt" / meta["dir"] / "text.engine"
     engine_file.write_bytes(engine_file.read_bytes().replace(b'"profiles"', b'"profileZ"'))
     with pytest.raises(ModelFilesError, match="sha256"):

@@ -1,4 +1,5 @@
-"""``ColLFM2``: the exported graphs run with ONNX Runtime, plus the numpy glue between them.
+"""``ColLFM2``: the exported graphs, each run by a ``Runner`` of the chosen engine
+(``runtime.encoder.runner.ENGINES``), plus the numpy glue between them.
 
 Page path (arrays from ``ColLFM2Processor.process_images``)::
 
@@ -25,24 +26,15 @@ import numpy as np
 
 from ..bundle.contract import TEXT, VISION, check_manifest_contract
 from ..bundle.manifest import SHARED, Bundle, open_bundle
-from ..errors import InputError, ModelFilesError, UserError
+from ..errors import InputError, ModelFilesError
 from ..preprocess.image import position_weights, unshuffle_index
 from ..preprocess.processor import real_rows
+from .runner import ENGINES, engine
 
 __all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens"]
 
-# backend -> ONNX Runtime providers (None: native TensorRT engines, runtime/encoder/trt.py).
-BACKENDS: dict[str, list[str] | None] = {
-    "ort-cpu": ["CPUExecutionProvider"],
-    "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-    "trt": None,
-}
-_INSTALL = {
-    "CUDAExecutionProvider": "onnxruntime-gpu (x86: pip install onnxruntime-gpu; Jetson: NVIDIA's aarch64 build from "
-    "the Jetson Zoo, PyPI has none, onnxruntime issue 20503)",
-    "TensorrtExecutionProvider": "onnxruntime-gpu built with TensorRT (Jetson Zoo wheels, or a desktop build)",
-}
+# The engines by name (``runtime.encoder.runner.ENGINES``): kept under this name for callers.
+BACKENDS = ENGINES
 
 
 def default_precision(
@@ -61,7 +53,7 @@ def default_precision(
     import platform
 
     machine = (machine or platform.machine()).lower()
-    if backend == "ort-cpu":
+    if engine(backend).device == "cpu":
         arm = machine in ("aarch64", "arm64")
         fast_int8 = bool(int8_methods) and all(m == "dynamic-int8" for m in int8_methods)
         order = ["int8", "fp32"] if arm or fast_int8 else ["fp32", "int8"]
@@ -81,8 +73,8 @@ CPU_VISION_BATCH = 1
 
 
 def default_vision_batch(backend: str) -> int:
-    """Tiles per vision call for ``backend``: 1 on ``ort-cpu``, ``DEFAULT_VISION_BATCH`` on GPUs."""
-    return CPU_VISION_BATCH if backend == "ort-cpu" else DEFAULT_VISION_BATCH
+    """Tiles per vision call for ``backend``: 1 on CPU engines, ``DEFAULT_VISION_BATCH`` on GPUs."""
+    return CPU_VISION_BATCH if engine(backend).device == "cpu" else DEFAULT_VISION_BATCH
 
 
 @lru_cache(maxsize=64)
@@ -122,32 +114,19 @@ class ColLFM2:
         output_dtype: str = "float32",
         backend: str = "ort-cpu",
     ) -> None:
-        if backend not in BACKENDS:
-            raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        chosen = engine(backend)
         self.backend = backend
         if output_dtype not in ("float32", "float16"):
             raise InputError(f"output_dtype must be 'float32' or 'float16', got {output_dtype!r}")
         self.output_dtype = np.dtype(output_dtype)
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - a base dependency
-            raise UserError("onnxruntime is not installed: pip install onnxruntime") from exc
         self.bundle = bundle
-        self.engines: dict[str, Any] | None = None  # the engine set's engines.json (trt backend)
-        if backend == "trt":
-            from .trt import load_engines
-
-            # The engines decide what runs: the precision an index records names the engine set
-            # (and its manifest's hash), the embedding table is that of the graphs they came from.
-            wanted = precision[4:].split("@")[0] if precision and precision.startswith("trt/") else None
-            self._trt_sessions, self.engines = load_engines(bundle.path, wanted)
-            self.precision = f"trt/{self.engines['dir']}@{self.engines['sha256'][:12]}"
-            entry = bundle.precision(self.engines.get("source_precision", "fp32"))
-        else:
-            self.precision = precision or default_precision(
-                backend, bundle.precisions, int8_methods=bundle.methods("int8")
-            )
-            entry = bundle.precision(self.precision)
+        if precision is None and not chosen.own_precision:
+            precision = default_precision(backend, bundle.precisions, int8_methods=bundle.methods("int8"))
+        loaded = chosen.load(bundle, precision, threads, providers)
+        self.runners = loaded.runners  # graph -> Runner: run(feeds) -> [outputs]
+        self.precision = loaded.precision
+        self.engines = loaded.engines  # the engine set's engines.json (trt)
+        entry = loaded.entry
         m = bundle.model
         self.image_token_id = int(m["image_token_id"])
         self.hidden_size = int(m["hidden_size"])
@@ -163,39 +142,6 @@ class ColLFM2:
         self._input_names = check_manifest_contract(str(bundle.path), bundle.manifest.get("contract"))
         self.vision_batch = max(1, int(vision_batch or default_vision_batch(backend)))
 
-        self.sessions: dict[str, Any] = {}
-        if backend == "trt":
-            self.sessions = self._trt_sessions
-        else:
-            options = ort.SessionOptions()
-            # No CPU arena (nor the memory pattern that needs it): the arena keeps the high-water
-            # mark of every run for the process' life, so one A4 page (S = 1,800 attention scores)
-            # would pin a gigabyte for good; without it memory goes back after the run, at the same
-            # speed (benchmarks/results/rss.json; DESIGN.md "No ORT memory arena").
-            options.enable_cpu_mem_arena = False
-            options.enable_mem_pattern = False
-            options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
-            if threads:
-                options.intra_op_num_threads = int(threads)
-            # What the recipe asks of ORT for these graphs (int8-qdq: Q/DQ as float fake quantisation).
-            for key, value in (entry.get("session_config") or {}).items():
-                options.add_session_config_entry(str(key), str(value))
-            providers = list(providers) if providers else list(BACKENDS[backend] or [])
-            available = set(ort.get_available_providers())
-            for p in providers:
-                name = p[0] if isinstance(p, tuple) else p
-                if name not in available:
-                    hint = f"; install {_INSTALL[name]}" if name in _INSTALL else ""
-                    raise UserError(
-                        f"ONNX Runtime provider {name} is not available here (have: {', '.join(sorted(available))})"
-                        + hint
-                    )
-            for graph, spec in entry["graphs"].items():
-                path = bundle.file(spec["file"])
-                try:
-                    self.sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
-                except Exception as exc:  # ORT raises its own types; the file is the user's to fix
-                    raise ModelFilesError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
         emb = entry["embeddings"]
         try:
             # mmap: the fp32 table is 268 MB and a page touches a few hundred of its rows.
@@ -229,7 +175,7 @@ class ColLFM2:
         (``"trt/orin-nano-fp16"``) when the bundle holds several.
         """
         bundle = open_bundle(Path(path), verify=False)  # the precision may depend on what it holds
-        if backend == "trt":  # engines are checked by their own sha256 as they load
+        if engine(backend).own_precision:  # engines are checked by their own sha256 as they load
             if verify:
                 bundle.verify_files(list(SHARED))
             return cls(bundle, precision, providers, threads, vision_batch, output_dtype, backend)
@@ -256,7 +202,7 @@ class ColLFM2:
         n_units = shapes.shape[0]
         if pixel_values.shape[0] != n_units or pixel_attention_mask.shape[0] != n_units:
             raise InputError("pixel_values, pixel_attention_mask and spatial_shapes disagree on the number of tiles")
-        session = self.sessions["vision"]
+        runner = self.runners["vision"]
         f = self._factor
         # Run each tile at the smallest patch-count bucket that holds it: padded patches are masked
         # keys, so real rows are unchanged, and a 256-patch tile costs a quarter of a 1,024 one.
@@ -275,7 +221,7 @@ class ColLFM2:
                     self._cached_tile_arrays,
                     numbers=self.bundle.model,
                 )
-                out = session.run(None, feeds)[0]  # [b, bucket / f^2, D]
+                out = runner.run(feeds)[0]  # [b, bucket / f^2, D]
                 for k, u in enumerate(chunk):
                     ph, pw = int(shapes[u][0]), int(shapes[u][1])
                     tokens_of[u] = out[k, : (ph // f) * (pw // f)]
@@ -296,7 +242,7 @@ class ColLFM2:
     def text(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Text graph: [B, S, D] + [B, S] -> [B, S, 128] float32, padded rows 0."""
         feeds = TEXT.feeds(self._input_names["text"], inputs_embeds, attention_mask, numbers=self.bundle.model)
-        out = np.asarray(self.sessions["text"].run(None, feeds)[0], dtype=np.float32)
+        out = np.asarray(self.runners["text"].run(feeds)[0], dtype=np.float32)
         if out.shape[-1] != self.dim:  # before a store records vectors of the wrong size
             raise ModelFilesError(
                 f"{self.bundle.path}: the text graph gives {out.shape[-1]}-d vectors, the manifest says {self.dim}"

@@ -3,9 +3,9 @@
 Loads an engine set that ``python -m export --target trt`` wrote into
 ``BUNDLE/trt/<profile>-<precision>/``, checks each engine's manifest against the installed
 TensorRT and the GPU (``trt_manifest``) and its sha256 against the file, and runs it through the
-tensor-name API (TensorRT 8.5 to 11) with cuda-python for device memory. Each runner exposes
-``run(None, feeds) -> [output]`` like an ONNX Runtime session, so ``ColLFM2`` drives both the
-same way. Nothing here is imported unless ``--backend trt`` is asked for.
+tensor-name API (TensorRT 8.5 to 11) with cuda-python for device memory. Each engine is a
+``Runner`` (``run(feeds) -> [output]``, ``runtime.encoder.runner``), so ``ColLFM2`` drives it as
+it drives ONNX Runtime. Nothing here is imported unless ``--engine trt`` is asked for.
 
 cuda-python moved its runtime module: ``cuda.bindings.runtime`` from 12.6 on, and the only one
 in 13.x (``from cuda import cudart`` is gone there). ``cuda_runtime`` takes whichever exists.
@@ -23,8 +23,9 @@ import numpy as np
 
 from ..bundle.trt_manifest import check_engine
 from ..errors import ModelFilesError, UserError
+from .runner import Engine, Loaded
 
-__all__ = ["TrtEngine", "compute_capability", "cuda_runtime", "engine_sets", "load_engines"]
+__all__ = ["TrtEngine", "compute_capability", "cuda_runtime", "engine_sets", "load", "load_engines"]
 
 CUDA_PYTHON_HINT = (
     "install the cuda-python that matches the device's CUDA major version: JetPack 6 (CUDA 12): "
@@ -146,7 +147,7 @@ class TrtEngine:
             self._buffers[name] = (ptr, max(nbytes, 1))
         return ptr
 
-    def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.stream is None:
             raise RuntimeError(f"{self.path.name}: the engine was closed")
         cudart = self._cudart
@@ -220,3 +221,12 @@ def load_engines(bundle_dir: Path, engine_dir: str | None = None) -> tuple[dict[
         check_engine(m, str(trt.__version__), cc)
         engines[m["graph"]] = TrtEngine(dirs[0] / m["file"], m.get("sha256"))
     return engines, meta
+
+
+def load(engine: Engine, bundle: Any, precision: str | None, threads: int | None, providers: Any) -> Loaded:
+    """The engines decide what runs: ``precision`` may name an engine set (``trt/<set>@<sha>``, as
+    an index records it); the embedding table is that of the graphs the engines were built from."""
+    wanted = precision[4:].split("@")[0] if precision and precision.startswith("trt/") else None
+    runners, meta = load_engines(bundle.path, wanted)
+    entry = bundle.precision(meta.get("source_precision", "fp32"))
+    return Loaded(dict(runners), f"trt/{meta['dir']}@{meta['sha256'][:12]}", entry, engines=meta)
