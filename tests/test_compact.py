@@ -334,18 +334,18 @@ def test_search_plan_is_reused_until_any_connection_commits(tmp_path: Path) -> N
         reader.add_batch(recs[:4])
     q = recs[9].embeddings[:5]
     reader.search([q], k=3)
-    plan = reader._plans[True]
+    plan = reader.scanner._plans[True]
     reader.search([q], k=3)
-    assert reader._plans[True] is plan
+    assert reader.scanner._plans[True] is plan
     other = Index.open(tmp_path / "idx")
     with other.writer():
         other.add_batch(recs[4:10])
     other.close()
     assert reader.search([q], k=1)[0][0].path == "/p/9.png"  # another connection's commit is seen
-    assert reader._plans[True] is not plan
-    plan = reader._plans[True]
+    assert reader.scanner._plans[True] is not plan
+    plan = reader.scanner._plans[True]
     with reader.writer():
         reader.remove(["/p/9.png"])
     assert all(h.path != "/p/9.png" for h in reader.search([q], k=10)[0])  # and this connection's own
-    assert reader._plans[True] is not plan
+    assert reader.scanner._plans[True] is not plan
     reader.close()

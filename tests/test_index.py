@@ -157,7 +157,7 @@ def test_encode_npz(tiny_bundle: Path, pages_dir: Path, tmp_path: Path) -> None:
 
 KILLER = """
 import os, signal, sys
-import runtime.stores.local.index as index_mod
+import runtime.stores.local.durable as index_mod
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = {"n": 0}
 
@@ -167,11 +167,11 @@ def hit():
         os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "segment":  # after the segment file is fsynced and renamed, before its metadata commits
-    real = index_mod._fsync_dir
+    real = index_mod.fsync_dir
     def patched(path):
         real(path)
         hit()
-    index_mod._fsync_dir = patched
+    index_mod.fsync_dir = patched
 elif point == "write":  # in the middle of writing a segment's bytes
     real_replace = os.replace
     def patched_replace(a, b):
@@ -179,14 +179,14 @@ elif point == "write":  # in the middle of writing a segment's bytes
         return real_replace(a, b)
     index_mod.os.replace = patched_replace
 elif point == "commit":  # right after a metadata commit
-    real_tx = index_mod._transaction
+    real_tx = index_mod.transaction
     import contextlib
     @contextlib.contextmanager
     def patched_tx(conn):
         with real_tx(conn):
             yield
         hit()
-    index_mod._transaction = patched_tx
+    index_mod.transaction = patched_tx
 from runtime.__main__ import main
 sys.exit(main(sys.argv[3:]))
 """

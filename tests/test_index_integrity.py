@@ -334,9 +334,9 @@ def test_same_size_garbage_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         with pytest.raises(StoreError, match="do not match the checksum"):
             index.search(q)  # small index: verified when mapped
         assert any("sha256 mismatch" in p for p in index.check())
-    import runtime.stores.local.index as index_mod
+    import runtime.stores.local.scan as scan_mod
 
-    monkeypatch.setattr(index_mod, "VERIFY_ON_OPEN_BYTES", 0)  # a big index: no hashing per search
+    monkeypatch.setattr(scan_mod, "VERIFY_ON_OPEN_BYTES", 0)  # a big index: no hashing per search
     with Index.open(tmp_path / "idx") as index, pytest.raises(StoreError, match=r"checksum|non-finite"):
         index.search(q)  # the NaN rows are caught, never returned
 
@@ -359,7 +359,8 @@ def test_index_check_command(tmp_path: Path) -> None:
 CREATE_KILLER = (
     KILL_AT_NTH_FSYNC
     + """
-m.Index.create(sys.argv[1], {"dim": "128", "precision": "fp32", "bundle_manifest_sha256": "0"})
+from runtime.stores.local.index import Index
+Index.create(sys.argv[1], {"dim": "128", "precision": "fp32", "bundle_manifest_sha256": "0"})
 """
 )
 
@@ -549,7 +550,7 @@ print(a.shape, a[0, 0].tolist(), a[200, 200].tolist(), hwm // 1024)
 DRIVER = """
 import json, os, signal, sys
 import numpy as np
-import runtime.stores.local.index as m
+import runtime.stores.local.durable as m
 from runtime.stores.local.index import Index, PageRecord
 root, op, arg, kill_at = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 calls = {"n": 0}
@@ -557,7 +558,7 @@ def maybe_die():
     calls["n"] += 1
     if calls["n"] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-real_fsync, real_tx, real_unlink = m._fsync_dir, m._transaction, m.Path.unlink
+real_fsync, real_tx, real_unlink = m.fsync_dir, m.transaction, m.Path.unlink
 def fsync(p):
     maybe_die(); real_fsync(p); maybe_die()
 import contextlib
@@ -569,7 +570,7 @@ def tx(conn):
     maybe_die()
 def unlink(self, *a, **k):
     maybe_die(); real_unlink(self, *a, **k)
-m._fsync_dir, m._transaction, m.Path.unlink = fsync, tx, unlink
+m.fsync_dir, m.transaction, m.Path.unlink = fsync, tx, unlink
 ID = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "s", "bundle_random_weights": "true",
       "precision": "fp32", "dim": "128"}
 def vec(version, page):

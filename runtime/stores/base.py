@@ -1,7 +1,8 @@
 """What a page store is: the ``Store`` protocol, its records, and the bundle identity it keeps.
 
-Two stores implement it: the local index (``runtime.stores.local.index.Index``: fp16 segments + SQLite) and
-Qdrant (``runtime.stores.qdrant_server.QdrantStore``: a server, or its embedded mode). The CLI talks to
+Three stores implement it: the local index (``runtime.stores.local.index.Index``: fp16 segments +
+SQLite), embedded Qdrant (``runtime.stores.qdrant_edge.QdrantEdgeStore``) and a Qdrant server
+(``runtime.stores.qdrant_server.QdrantStore``). The CLI talks to
 either through this protocol only; ``tests/test_stores.py`` runs one suite against both.
 
 A page is identified by (path, page number). A store records the identity of the bundle that
@@ -23,7 +24,20 @@ import numpy as np
 
 from ..errors import StoreError
 
-__all__ = ["Hit", "PageRecord", "Store", "bundle_identity", "check_identity", "decode_path", "encode_path"]
+__all__ = [
+    "DEFAULT_RERANK",
+    "Hit",
+    "PageRecord",
+    "Store",
+    "bundle_identity",
+    "check_identity",
+    "decode_path",
+    "encode_path",
+]
+
+
+# Two-stage search: candidates the exact stage ranks when the caller does not say (every store).
+DEFAULT_RERANK = 100
 
 
 def encode_path(path: str | os.PathLike | bytes) -> bytes:

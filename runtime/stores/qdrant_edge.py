@@ -26,7 +26,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError, UserError
-from .base import Hit, PageRecord, check_identity, decode_path, duplicate_pages, encode_path, new_records
+from .base import (
+    DEFAULT_RERANK,
+    Hit,
+    PageRecord,
+    check_identity,
+    decode_path,
+    duplicate_pages,
+    encode_path,
+    new_records,
+)
 from .compact import Compaction
 
 __all__ = ["QdrantEdgeStore"]
@@ -34,7 +43,6 @@ __all__ = ["QdrantEdgeStore"]
 META = "collfm2.json"
 SHARD = "shard"
 LOCK = "index.lock"
-DEFAULT_RERANK = 100
 
 
 def _edge() -> Any:

@@ -1,0 +1,64 @@
+"""The two points where a write of the local index becomes durable: a directory's fsync (a file
+renamed into it is there after a crash) and a SQLite transaction (its COMMIT is on disk when it
+returns). Every caller reaches them through this module (``durable.fsync_dir(...)``), so the crash
+tests can stop a writer at the n-th one."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from ...errors import StoreError
+
+__all__ = ["DB", "db_error", "fsync_dir", "os_error", "transaction"]
+
+DB = "index.sqlite"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        # A failed ROLLBACK (disk full, I/O error) must not hide the error that caused it; SQLite
+        # rolls back a hot journal the next time the database is opened.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def os_error(root: Path, exc: OSError, doing: str) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        why = "no space left on device"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "permission denied (read-only index directory?)"
+    else:
+        why = exc.strerror or str(exc)
+    return StoreError(f"{root}: {doing} failed: {why}; nothing of it was committed, stored pages are intact")
+
+
+def db_error(root: Path, exc: sqlite3.Error) -> StoreError:
+    text = str(exc)
+    if "full" in text:
+        why = "no space left on device (database or disk is full)"
+    elif "readonly" in text or "read-only" in text:
+        why = "the index is read-only here"
+    elif "locked" in text or "busy" in text:
+        why = "another process holds the index database locked; try again"
+    else:
+        why = f"the index database is damaged or unreadable ({text}); run: python -m runtime index check --index DIR"
+    return StoreError(f"{root / DB}: {why}")
