@@ -79,7 +79,8 @@ def bench_ingest(n_pages: int, tmp: Path) -> dict:
     from export.onnx_export import OnnxConfig, run
     from export.recipes import Precision
     from runtime import ColLFM2, ColLFM2Processor
-    from runtime.ingest.stream import Encoded, encode_stream, iter_sources
+    from runtime.ingest.sources import iter_sources
+    from runtime.ingest.stream import Encoded, encode_stream
     from runtime.stores.local.index import Index, PageRecord, bundle_identity
 
     bundle, _ = run(OnnxConfig("tiny", str(tmp / "bundle"), (Precision.FP32,)), log=lambda m: None)

@@ -223,7 +223,8 @@ def model_corpus(bundle: Path, n_pages: int) -> tuple[list[PageRecord], list[np.
     images = [render_page(lines) for lines in SAMPLE_PAGES.values()]
     images += [synthetic_page(512, 512, seed=s) for s in range(n_pages - len(images))]
     records = []
-    from runtime.ingest.stream import encode_stream, image_sources
+    from runtime.ingest.sources import image_sources
+    from runtime.ingest.stream import encode_stream
 
     for i, item in enumerate(encode_stream(model, model.processor, image_sources(images))):
         records.append(PageRecord(f"/rendered/{i:03d}.png", 1, f"r{i}", 0, item.embeddings, item.layout))

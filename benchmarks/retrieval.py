@@ -237,7 +237,8 @@ def parse_setting(text: str) -> tuple[str | None, bool]:
 
 def encode_corpus(model: Any, ds: Dataset) -> tuple[list[Any], float, list[str]]:
     """Every corpus page through the runtime: (PageRecords, seconds, failures)."""
-    from runtime.ingest.stream import Encoded, Failed, PageSource, encode_stream
+    from runtime.ingest.sources import Failed, PageSource
+    from runtime.ingest.stream import Encoded, encode_stream
     from runtime.stores.base import PageRecord
 
     sources = [PageSource(cid, 1, f"corpus:{cid}", 0, lambda img=img: img) for cid, img in ds.corpus.items()]

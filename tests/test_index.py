@@ -17,7 +17,8 @@ from export.demo import SAMPLE_PAGES, render_page
 from export.validate import synthetic_page
 from runtime import ColLFM2, ColLFM2Processor, score
 from runtime.errors import StoreError
-from runtime.ingest.stream import Encoded, Failed, encode_stream, iter_sources
+from runtime.ingest.sources import Failed, iter_sources
+from runtime.ingest.stream import Encoded, encode_stream
 from runtime.stores.local.index import Index, PageRecord
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-qdq")

@@ -278,7 +278,7 @@ def test_compact_reclaims_dead_rows(tmp_path: Path) -> None:
 
 
 def test_every_tiff_frame_is_a_page_and_animations_say_so(tmp_path: Path) -> None:
-    from runtime.ingest.stream import PageSource, iter_sources
+    from runtime.ingest.sources import PageSource, iter_sources
 
     frames = [synthetic_page(200, 160, seed=s) for s in (1, 2, 3)]
     frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
@@ -504,7 +504,7 @@ def test_malformed_manifests_are_one_line_and_leave_no_index(tiny_bundle: Path, 
 
 def test_pdfs_too_big_or_empty(tmp_path: Path) -> None:
     pdfium = pytest.importorskip("pypdfium2")
-    from runtime.ingest.stream import Failed, iter_sources
+    from runtime.ingest.sources import Failed, iter_sources
 
     doc = pdfium.PdfDocument.new()
     doc.new_page(200 * 72, 200 * 72)  # 200 x 200 inches

@@ -104,7 +104,8 @@ def test_index_add_of_1000_pages_keeps_memory_flat(tiny_bundle: Path, tmp_path: 
 
 def test_results_come_in_input_order(fp32: ColLFM2, tmp_path: Path) -> None:
     """A failure never overtakes the pages before it (they are batched; it is not)."""
-    from runtime.ingest.stream import Encoded, encode_stream, iter_sources
+    from runtime.ingest.sources import iter_sources
+    from runtime.ingest.stream import Encoded, encode_stream
 
     for name, img in (("a.png", synthetic_page(120, 100, seed=1)), ("c.png", synthetic_page(100, 140, seed=2))):
         img.save(tmp_path / name)

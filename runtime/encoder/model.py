@@ -267,7 +267,8 @@ class ColLFM2:
         thread while the model runs the previous batch of ``batch_size`` pages (fewer when they
         hold more than ``ingest.DEFAULT_BATCH_TILES`` tiles), so memory stays flat however many
         come. A bad image raises ``InputError`` naming it."""
-        from ..ingest.stream import Failed, encode_stream, image_sources
+        from ..ingest.sources import Failed, image_sources
+        from ..ingest.stream import encode_stream
 
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")

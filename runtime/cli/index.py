@@ -1,0 +1,196 @@
+"""``index add | import | info | check | compact | remove``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError, UserError
+from ..ingest.batches import FileBatches
+from ..ingest.npz import read_npz
+from ..ingest.sources import Failed, iter_sources
+from ..ingest.stream import Skipped, encode_stream, progress
+from ..stores.base import PageRecord, bundle_identity, check_identity
+from .common import check_compact, existing_store, exists, load_model, report_failure, store, store_with_model
+
+__all__ = ["ACTIONS"]
+
+# What encode_stream's skip callback answers for a page whose bytes are stored under another path:
+# its record is written with the stored rows, not encoded again.
+_SHARE = "identical bytes are already stored"
+
+
+def add(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    if exists(args):
+        with store_with_model(args) as (s, model):
+            check_compact(s, args)
+            with s.writer():
+                return _add_pages(args, model, s, t0)
+    if not args.bundle:
+        raise StoreError(f"{args.index}: no index yet; pass --bundle to create it")
+    return _add_pages(args, load_model(args.bundle, args.precision, args.threads, args.engine), None, t0)
+
+
+def _add_pages(args: argparse.Namespace, model: Any, existing: Any, t0: float) -> int:
+    """Encode and commit the pages of ``args.paths`` into ``existing`` (held for writing), or into
+    a new index created at the first commit, so a run that stores nothing leaves nothing."""
+    identity = bundle_identity(model.bundle, model.precision)
+    skipped = shared = failed = 0
+    with contextlib.ExitStack() as stack:
+        opened: list[Any] = [existing] if existing is not None else []
+
+        def target() -> Any:
+            if not opened:
+                s = stack.enter_context(store(args, identity))
+                s.check_bundle(identity)
+                check_compact(s, args)
+                stack.enter_context(s.writer())
+                opened.append(s)
+            return opened[0]
+
+        # Read by the preprocessing thread, written here: dict and set operations are atomic in CPython.
+        stored: dict[tuple[str, int], str] = {}
+        hashes: set[str] = set()
+        if existing is not None:
+            for page in existing.pages():
+                stored[(page["path"], page["page"])] = page["content_hash"]
+                hashes.add(page["content_hash"])
+        sharing = existing is not None and existing.shares_rows
+
+        def skip(src: Any) -> str | None:
+            if stored.get((src.path, src.page)) == src.content_hash:
+                return "already indexed"
+            if sharing and src.content_hash in hashes:
+                return _SHARE
+            return None
+
+        def commit(batch: list[PageRecord]) -> int:
+            n = target().add_batch(batch)
+            for r in batch:
+                stored[(r.path, r.page)] = r.content_hash
+                hashes.add(r.content_hash)
+            return n
+
+        batches = FileBatches(args.commit_pages, commit)
+        bar = progress(None, "index add", enabled=False if args.no_progress else None)
+        sources = iter_sources(args.paths, args.dpi)
+        for item in encode_stream(model, model.processor, sources, args.batch_tiles, skip=skip):
+            if isinstance(item, Failed):
+                batches.at(item.path)
+                failed += 1
+                report_failure(item)
+            elif isinstance(item, Skipped):
+                src = item.source
+                if item.reason == _SHARE:
+                    batches.add(PageRecord(src.path, src.page, src.content_hash, src.size, None))
+                    shared += 1
+                else:
+                    batches.at(src.path)
+                    skipped += 1
+                    print(f"skipped {src.name}: {item.reason}", file=sys.stderr)
+            else:
+                src = item.source
+                if src.note and src.page == 1:
+                    print(f"note: {src.note}", file=sys.stderr)
+                batches.add(PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings, item.layout))
+            bar.update()
+        batches.flush()
+        bar.close()
+    added = batches.stored
+    secs = time.perf_counter() - t0
+    extra = f" ({shared} sharing the rows of identical stored pages)" if shared else ""
+    print(f"added {added} page(s){extra}, skipped {skipped} already indexed, {failed} failed, in {secs:.1f}s")
+    if failed:
+        return 1 if added or skipped else 2
+    return 0
+
+
+def import_(args: argparse.Namespace) -> int:
+    """Pages encoded elsewhere into the index: same bundle (checked), same commits as ``add``."""
+    from ..bundle.manifest import open_bundle
+
+    added = 0
+    for name in args.npz:
+        identity, records = read_npz(Path(name))
+        if not exists(args):
+            # Created here, the index must name this machine's copy of the bundle (searches load it).
+            if not args.bundle:
+                raise StoreError(f"{args.index}: no index yet; pass --bundle (this machine's copy of the bundle "
+                                 f"that encoded {name})")  # fmt: skip
+            local = bundle_identity(open_bundle(args.bundle, verify=False), identity.get("precision", ""))
+            check_identity(f"--bundle {args.bundle}", local, identity, f"it did not encode {name}")
+            identity = local
+        with store(args, identity) as s, s.writer():
+            s.check_bundle(identity)
+            check_compact(s, args)
+            stored = {(p["path"], p["page"]): p["content_hash"] for p in s.pages()}
+            fresh = [r for r in records if stored.get((r.path, r.page)) != r.content_hash]
+            batches = FileBatches(args.commit_pages, s.add_batch)
+            for r in fresh:
+                batches.add(r)
+            batches.flush()
+            added += batches.stored
+        print(f"{name}: {len(records)} page(s), {len(records) - len(fresh)} already indexed")
+    print(f"imported {added} page(s)")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    with store(args) as s:
+        facts = s.info()
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        for k, v in facts.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    with existing_store(args) as s:
+        problems = s.check()
+        facts = s.info() if not problems else {}
+    if args.json:
+        print(json.dumps({"healthy": not problems, "problems": problems}, indent=2))
+    elif problems:
+        for line in problems:
+            print(f"problem: {line}")
+        print(f"{len(problems)} problem(s): the index is damaged; pages in damaged segments must be added again")
+    else:
+        where = f" in {facts['segments']} segment(s); every checksum verified" if "segments" in facts else ""
+        print(f"ok: {facts['pages']} page(s){where}")
+    return 1 if problems else 0
+
+
+def compact(args: argparse.Namespace) -> int:
+    with existing_store(args) as s, s.writer():
+        res = s.compact()
+    note = f"; {res['note']}" if res.get("note") else ""
+    print(f"compacted: {res['rows_before']} -> {res['rows_after']} stored rows "
+          f"({res['segments_rewritten']} segment(s) rewritten){note}")  # fmt: skip
+    return 0
+
+
+def remove(args: argparse.Namespace) -> int:
+    if not args.paths and not args.missing:
+        raise UserError("name the files or folders to remove, or pass --missing")
+    with existing_store(args) as s, s.writer():
+        targets = [str(Path(p).resolve()) for p in args.paths]
+        folders = [t.rstrip(os.sep) + os.sep for t in targets if Path(t).is_dir()]
+        if folders:  # a folder: every page stored under it
+            targets += [p["path"] for p in s.pages() if p["path"].startswith(tuple(folders))]
+        if args.missing:
+            targets += s.missing_paths()
+        n = s.remove(sorted(set(targets)))
+    print(f"removed {n} page(s)")
+    return 0 if n else 1
+
+
+ACTIONS = {"add": add, "import": import_, "info": info, "check": check, "compact": compact, "remove": remove}
