@@ -1,5 +1,5 @@
 """Strict fakes of TensorRT and cuda-python, one per release, built from the API surfaces that
-``export/trt_api/dump_api.py`` read out of the official bindings wheels.
+``export/trt/api/dump_api.py`` read out of the official bindings wheels.
 
 Strict means: a class, method, attribute or enum value that the release does not have raises
 ``AttributeError``, as the real bindings do (``BuilderFlag.FP16`` on 11.4, ``from cuda import
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-API = Path(__file__).resolve().parents[1] / "export" / "trt_api"
+API = Path(__file__).resolve().parents[1] / "export" / "trt" / "api"
 TRT_RELEASES = ("8.6.1", "10.3.0", "10.13.3.9", "11.4.0.106")
 CUDA_RELEASES = ("12.6.2.post1", "13.0.3")
 

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from export.trt import DEVICE_PROFILES, TRT_VERSIONS, TrtConfig, build_path, plan_and_check, plan_engines, preflight
-from export.trt_rewrite import prepare_for_trt
+from export.trt.rewrite import prepare_for_trt
 from runtime import ModelFilesError, open_bundle
 from runtime.bundle.trt_manifest import ENGINE_SCHEMA_VERSION, check_engine
 from runtime.preprocess.image import position_weights, unshuffle_index

@@ -1,6 +1,6 @@
 """Regenerate the API surface files beside this script from official bindings wheels.
 
-    python -m export.trt_api.dump_api WHEEL [WHEEL ...] [--pathfinder WHEEL]
+    python -m export.trt.api.dump_api WHEEL [WHEEL ...] [--pathfinder WHEEL]
 
 For a TensorRT bindings wheel (``tensorrt-bindings``, ``tensorrt-cu12-bindings``; about 1 MB, real
 pybind11 bindings) it writes ``tensorrt-<version>.json``: every class with its public members,
@@ -138,7 +138,7 @@ def _compact(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.trt_api.dump_api", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.trt.api.dump_api", description=__doc__.split("\n\n")[0])
     p.add_argument("wheels", nargs="+", type=Path)
     p.add_argument("--pathfinder", type=Path, help="cuda-pathfinder wheel (cuda-bindings >= 12.9 import it)")
     p.add_argument("--out", type=Path, default=HERE)

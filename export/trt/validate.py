@@ -19,9 +19,9 @@ import numpy as np
 from runtime import ColLFM2, ColLFM2Processor, open_bundle
 from runtime.encoder.model import merge_image_tokens
 
-from .grid import validation_inputs
-from .parity import compare
-from .recipes import GATES, Precision
+from ..grid import validation_inputs
+from ..parity import compare
+from ..recipes import GATES, Precision
 
 __all__ = ["compare_engines", "validate_engine_set"]
 
