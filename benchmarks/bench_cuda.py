@@ -34,18 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.__main__ import (
-    PAGES,
-    TorchAsBundle,
-    _inputs,
-    eager_stage_fns,
-    eager_stages,
-    fidelity,
-    machine,
-    stage_table,
-    throughput,
-    write_results,
-)
+from benchmarks.hardware import machine
+from benchmarks.report import stage_table, write_results
+from benchmarks.stages import PAGES, TorchAsBundle, eager_stage_fns, eager_stages, fidelity, inputs, throughput
 from benchmarks.timing import timeit
 
 SCHEMA = "collfm2-edge-benchmark-cuda/1"
@@ -153,7 +144,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         proc_dir = Path(tempfile.mkdtemp(prefix="collfm2-bench-cuda-"))
         write_processor_files(proc_dir, None)
     processor = ColLFM2Processor.from_pretrained(proc_dir)
-    pages, queries = _inputs(processor)
+    pages, queries = inputs(processor)
     dev = torch.device(a.device)
     result: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["machine"] = machine(a.threads)

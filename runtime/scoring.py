@@ -5,7 +5,7 @@ accumulated in float32. Inputs are lists of per-item ``[n, dim]`` arrays, or pad
 ``[B, L, dim]``; in a padded batch a row that is all zeros is padding (the model multiplies
 padded rows by the attention mask, so they are exactly zero, and a real row has unit norm).
 
-``mode="reference"`` reproduces the seed's ``score_multi_vector``, which zero-pads documents
+``mode="reference"`` reproduces upstream sauerkrautlm-colpali's ``score_multi_vector``, which zero-pads documents
 to a common length, so whenever the documents scored together have different lengths each
 per-row max is clamped at >= 0. Use it only to compare with upstream numbers.
 """
@@ -27,7 +27,7 @@ __all__ = ["as_item_list", "run_max", "score", "score_packed"]
 #   best[n, q] = ReduceMax(Reshape(float32(docs) @ queries_t, shape), axis=1)
 # ``shape`` is [n, L, q] for a run of n documents of L rows each, so the per-document max happens
 # inside the call, on [rows, q] similarities that never leave the cache. Why ONNX Runtime and
-# not numpy: numpy converts fp16 one element at a time (~2.5 ns each here) and its fp32 GEMM is
+# not numpy: numpy converts fp16 one element at a time (no vector path) and its fp32 GEMM is
 # slower than MLAS on this skinny shape; a block of ~8k rows keeps the fp32 copy, the
 # similarities and the max in L2/L3, so DRAM sees each fp16 row once. The bytes are rebuilt with
 # onnx.helper in tests/test_scoring.py, which checks that they still match; they live here

@@ -72,7 +72,7 @@ def decode_image(source: ImageSource, mode: str = "corrected", name: str | None 
             if image.mode in ("1", "L") and (mode == "upstream" or _plain(image)):
                 # Grey scans, the commonest page: spread the grey bytes into RGB in numpy, the same
                 # bytes convert("RGB") gives without Pillow's RGB copy and its tobytes() copy
-                # (a 13,300^2 group-4 TIFF peaked at 1.9 GB through Pillow, 0.9 GB here).
+                # (a 13,300^2 group-4 TIFF: about half the peak memory of the Pillow route).
                 array = _grey_to_rgb(image)
             else:
                 if image.mode == "RGB" and (mode == "upstream" or _plain(image)):
