@@ -382,7 +382,7 @@ def test_kill_during_creation_leaves_nothing_half_made(tmp_path: Path, nth: int)
 
 
 def test_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import runtime.stores.local.index as index_mod
+    import runtime.stores.local.segments as index_mod
 
     index = _filled(tmp_path / "idx")
     before = sorted((p["path"], p["content_hash"]) for p in index.pages())
@@ -413,7 +413,7 @@ def test_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, monkeypatch: py
 
 
 def test_read_only_index_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import runtime.stores.local.index as index_mod
+    import runtime.stores.local.segments as index_mod
 
     index = _filled(tmp_path / "idx")
     monkeypatch.setattr(index_mod.tempfile, "mkstemp", lambda *a, **k: (_ for _ in ()).throw(

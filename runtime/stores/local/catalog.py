@@ -213,6 +213,18 @@ class Catalog:
             raise StoreError(f"no stored page holds content {content_hash[:12]}...; add the file again")
         return row
 
+    def counts(self) -> tuple:
+        """(pages, (live rows, live compact vectors, distinct spans), (segments, all rows), files)."""
+        c = self.conn
+        n_pages = c.execute("SELECT COUNT(*) FROM pages").fetchone()[0]
+        live = c.execute(
+            "SELECT COALESCE(SUM(row_count), 0), COALESCE(SUM(c_count), 0), COUNT(*) FROM "
+            "(SELECT DISTINCT segment, row_start, row_count, c_start, c_count FROM pages)"
+        ).fetchone()
+        segs = c.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
+        paths = c.execute("SELECT COUNT(DISTINCT path) FROM pages").fetchone()[0]
+        return n_pages, live, segs, paths
+
     def live_spans(self) -> list[Span]:
         """Every distinct span pages use, by segment and row."""
         return self.conn.execute(

@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ...errors import StoreError
 
-__all__ = ["DB", "db_error", "fsync_dir", "os_error", "transaction"]
+__all__ = ["DB", "create_atomically", "db_error", "fsync_dir", "os_error", "transaction"]
 
 DB = "index.sqlite"
 
@@ -39,6 +41,31 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def create_atomically(root: Path, build: Callable[[Path], None], what: str) -> None:
+    """``build`` a new directory beside ``root`` (absent or empty), then rename it into place, so
+    a crash leaves either nothing or the whole thing. ``what`` names it in errors."""
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
+    except OSError as exc:
+        raise os_error(root, exc, f"creating {what}") from exc
+    try:
+        build(tmp)
+        fsync_dir(tmp)
+        if root.is_dir():
+            root.rmdir()  # empty (the caller checked); rename cannot replace a non-empty one anyway
+        os.rename(tmp, root)
+        fsync_dir(root.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if root.is_dir() and (root / DB).exists():  # another process created it meanwhile
+            raise StoreError(f"{root}: {what} was created here by another process; run the command again") from exc
+        raise os_error(root, exc, f"creating {what}") from exc
+    except sqlite3.Error as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise db_error(root, exc) from exc
 
 
 def os_error(root: Path, exc: OSError, doing: str) -> StoreError:

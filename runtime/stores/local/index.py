@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -119,36 +117,24 @@ class Index:
             raise StoreError(f"{root}: an index already exists here")
         if root.is_dir() and any(root.iterdir()):
             raise StoreError(f"{root}: exists and is not an index (and not empty); choose a new directory")
-        try:
-            root.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
-        except OSError as exc:
-            raise durable.os_error(root, exc, "creating the index") from exc
-        try:
+        meta = {
+            "schema_version": str(SCHEMA_VERSION),
+            "created": _now_iso(),
+            **identity,
+            "compact": str(kind) if kind else "none",
+            "originals": "kept" if keep_originals else "dropped",
+        }
+
+        def build(tmp: Path) -> None:
             (tmp / SEGMENTS).mkdir()
             conn = connect(tmp / DB)
             try:
-                init_schema(conn, {"schema_version": str(SCHEMA_VERSION), "created": _now_iso(), **identity,
-                                   "compact": str(kind) if kind else "none",
-                                   "originals": "kept" if keep_originals else "dropped"})  # fmt: skip
+                init_schema(conn, meta)
             finally:
                 conn.close()
             durable.fsync_dir(tmp / SEGMENTS)
-            durable.fsync_dir(tmp)
-            if root.is_dir():
-                root.rmdir()  # empty (checked above); rename cannot replace a non-empty one anyway
-            os.rename(tmp, root)
-            durable.fsync_dir(root.parent)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if root.is_dir() and (root / DB).exists():  # another process created it meanwhile
-                raise StoreError(
-                    f"{root}: an index was created here by another process; run the command again"
-                ) from exc
-            raise durable.os_error(root, exc, "creating the index") from exc
-        except sqlite3.Error as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise durable.db_error(root, exc) from exc
+
+        durable.create_atomically(root, build, "an index")
         return cls.open(root)
 
     @classmethod
@@ -351,18 +337,7 @@ class Index:
         return [dict(zip(keys, (i, decode_path(p), *rest), strict=True)) for i, p, *rest in cur]
 
     def info(self) -> dict[str, Any]:
-        def q() -> tuple:
-            c = self.conn
-            n_pages = c.execute("SELECT COUNT(*) FROM pages").fetchone()[0]
-            live = c.execute(
-                "SELECT COALESCE(SUM(row_count), 0), COALESCE(SUM(c_count), 0), COUNT(*) FROM "
-                "(SELECT DISTINCT segment, row_start, row_count, c_start, c_count FROM pages)"
-            ).fetchone()
-            segs = c.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
-            paths = c.execute("SELECT COUNT(DISTINCT path) FROM pages").fetchone()[0]
-            return n_pages, live, segs, paths
-
-        n_pages, (live_rows, live_c, stored), (n_segs, all_rows), n_files = self.catalog.db(q)
+        n_pages, (live_rows, live_c, stored), (n_segs, all_rows), n_files = self.catalog.db(self.catalog.counts)
         files = list(self.segments.listing().values())
         kind = self.compaction
         return {
