@@ -29,7 +29,7 @@ _GATE_OF = {"fp16": Precision.FP16, "int8": Precision.INT8_QDQ}
 
 
 def compare_engines(bundle_dir: Path, engines: Mapping[str, Any], precision: str) -> dict[str, Any]:
-    """Fidelity of ``engines`` (graph -> runner with ``run(None, feeds)``) against ORT fp32."""
+    """Fidelity of ``engines`` (graph -> ``Runner``, ``run(feeds)``) against ORT fp32."""
     bundle = open_bundle(bundle_dir, "fp32")
     ref = ColLFM2(bundle, "fp32")
     cand = ColLFM2(bundle, "fp32", vision_batch=4)

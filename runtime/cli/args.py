@@ -20,9 +20,12 @@ DEFAULT_COMMIT_PAGES = 16
 
 
 def backend_arg(p: argparse.ArgumentParser, stores: bool) -> None:
-    p.add_argument("--engine", choices=tuple(ENGINES), default=None,
-                   help="what runs the graphs: ort-cpu (default), ort-cuda, ort-trt (ONNX Runtime providers) or trt "
-                   "(native TensorRT engines)")  # fmt: skip
+    p.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        default=None,
+        help="what runs the graphs: " + "; ".join(f"{e.name}: {e.help}" for e in ENGINES.values()),
+    )
     if stores:
         p.add_argument(
             "--store",

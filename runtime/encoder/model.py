@@ -29,12 +29,9 @@ from ..bundle.manifest import SHARED, Bundle, open_bundle
 from ..errors import InputError, ModelFilesError
 from ..preprocess.image import position_weights, unshuffle_index
 from ..preprocess.processor import real_rows
-from .runner import ENGINES, engine
+from .runner import engine
 
-__all__ = ["BACKENDS", "ColLFM2", "default_precision", "merge_image_tokens"]
-
-# The engines by name (``runtime.encoder.runner.ENGINES``): kept under this name for callers.
-BACKENDS = ENGINES
+__all__ = ["ColLFM2", "default_precision", "merge_image_tokens"]
 
 
 def default_precision(

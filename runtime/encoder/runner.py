@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,7 +33,6 @@ class Loaded:
     precision: str  # what an index records as the precision (ONNX precision, or the TensorRT engine set)
     entry: dict[str, Any]  # the bundle's precision entry whose embedding table goes with these graphs
     engines: dict[str, Any] | None = None  # TensorRT: the engine set's engines.json
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Engine:
     module: str  # runtime.encoder.<module> holds its load()
     device: str  # "cpu" or "gpu": the default precision and tiles per vision call follow it
     providers: tuple[str, ...] = ()  # ONNX Runtime providers, in priority order
-    help: str = ""
+    help: str = ""  # what --engine says of it
     # The engine's own files decide the precision (TensorRT engine sets); else the bundle's graphs
     # of the asked precision run, by default the one ``default_precision`` picks for the device.
     own_precision: bool = False
