@@ -15,7 +15,7 @@ from ..errors import StoreError, UserError
 from ..ingest.batches import FileBatches
 from ..ingest.npz import read_npz
 from ..ingest.sources import Failed, iter_sources
-from ..ingest.stream import Skipped, encode_stream, progress
+from ..ingest.stream import Encoded, Skipped, encode_stream, progress
 from ..stores.base import PageRecord, bundle_identity, check_identity
 from .common import check_compact, existing_store, exists, load_model, report_failure, store, store_with_model
 
@@ -71,8 +71,24 @@ def _add_pages(args: argparse.Namespace, model: Any, existing: Any, t0: float) -
                 return _SHARE
             return None
 
+        # The sources of pages queued to share stored rows: a commit in between may have replaced
+        # the only page that held those bytes (two files swapped contents), and then they are encoded.
+        to_share: dict[tuple[str, int], Any] = {}
+
         def commit(batch: list[PageRecord]) -> int:
-            n = target().add_batch(batch)
+            nonlocal shared, failed
+            s = target()
+            ready = []
+            for r in batch:
+                src = to_share.pop((r.path, r.page), None)
+                if r.embeddings is None and s.page_state(r.path, r.page, r.content_hash) == "new":
+                    shared -= 1
+                    r = _encode_now(model, src)
+                    if r is None:
+                        failed += 1
+                        continue
+                ready.append(r)
+            n = s.add_batch(ready)
             for r in batch:
                 stored[(r.path, r.page)] = r.content_hash
                 hashes.add(r.content_hash)
@@ -89,6 +105,7 @@ def _add_pages(args: argparse.Namespace, model: Any, existing: Any, t0: float) -
             elif isinstance(item, Skipped):
                 src = item.source
                 if item.reason == _SHARE:
+                    to_share[(src.path, src.page)] = src
                     batches.add(PageRecord(src.path, src.page, src.content_hash, src.size, None))
                     shared += 1
                 else:
@@ -110,6 +127,16 @@ def _add_pages(args: argparse.Namespace, model: Any, existing: Any, t0: float) -
     if failed:
         return 1 if added or skipped else 2
     return 0
+
+
+def _encode_now(model: Any, src: Any) -> PageRecord | None:
+    """One page encoded on the spot (its record), or None after reporting why it failed."""
+    for item in encode_stream(model, model.processor, [src]):
+        if isinstance(item, Encoded):
+            return PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings, item.layout)
+        if isinstance(item, Failed):
+            report_failure(item)
+    return None
 
 
 def import_(args: argparse.Namespace) -> int:
