@@ -18,14 +18,22 @@ from typing import Any
 
 from ..errors import ModelFilesError
 
-__all__ = ["BUNDLE_FORMAT", "MANIFEST", "SCHEMA_VERSION", "Bundle", "open_bundle", "sha256_file"]
+__all__ = ["BUNDLE_FORMAT", "MANIFEST", "SCHEMA_VERSION", "Bundle", "confined_name", "open_bundle", "sha256_file"]
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "collfm2-edge-bundle"
 # Bump when the layout or the meaning of a field changes; a runtime reads only its own version.
 SCHEMA_VERSION = 1
-# Files every precision shares.
+# Files every precision shares: what the processor reads. Each is verified before use when the
+# manifest lists it; one present but unlisted is refused (it would change pixels or ids unseen).
 SHARED = ("tokenizer.json", "preprocessor_config.json")
+PROCESSOR_FILES = (*SHARED, "processor_config.json", "tokenizer_config.json", "special_tokens_map.json")
+# Bounds of the model numbers: far above every LFM2-VL size, far below what would allocate
+# gigabytes (position_grid 3000 asks for a 17 GiB interpolation table).
+MODEL_BOUNDS = {"image_token_id": (0, 1 << 24), "hidden_size": (1, 16384), "dim": (1, 4096),
+                "max_num_patches": (1, 16384), "tokens_per_tile": (1, 16384), "position_grid": (1, 128),
+                "downsample_factor": (1, 8)}  # fmt: skip
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -69,21 +77,35 @@ class Bundle:
         return [str(g.get("method")) for g in (entry.get("graphs") or {}).values()]
 
     def file(self, rel: str) -> Path:
-        return self.path / rel
+        """``rel`` inside the bundle; refused when it (or a link on the way) leads outside it."""
+        path = self.path / rel
+        root = self.path.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise ModelFilesError(f"{self.path}: {rel!r} leads outside the bundle; refused")
+        return path
 
     def verify(self, precision: str | None = None) -> None:
         """Check the sha256 of the shared files and of ``precision``'s files (all when None)."""
         entries = [self.precision(precision)] if precision else list(self.manifest["precisions"].values())
-        rels = list(SHARED)
+        rels = self.processor_files()
         for entry in entries:
             rels += [g["file"] for g in entry["graphs"].values()] + [entry["embeddings"]["file"]]
         self.verify_files(rels)
+
+    def processor_files(self) -> list[str]:
+        """The processor's files to verify: the listed ones, and any unlisted one is refused."""
+        listed = self.manifest["files"]
+        for rel in PROCESSOR_FILES:
+            if rel not in listed and (rel in SHARED or self.file(rel).exists()):
+                raise ModelFilesError(f"{self.path}: holds {rel} (or needs it) but the manifest lists no hash for it; "
+                                      "the bundle was changed after export, re-export it")  # fmt: skip
+        return [rel for rel in PROCESSOR_FILES if rel in listed]
 
     def verify_files(self, rels: list[str]) -> None:
         """Check the sha256 of each bundle-relative path in ``rels`` against the manifest."""
         for rel in rels:
             expected = self.manifest["files"].get(rel)
-            path = self.path / rel
+            path = self.file(rel)
             if expected is None:
                 raise ModelFilesError(f"{self.path}: manifest lists no hash for {rel}; the bundle is malformed")
             if not path.is_file():
@@ -106,9 +128,16 @@ def open_bundle(path: str | Path, precision: str | None = None, verify: bool = T
     if not mpath.is_file():
         raise ModelFilesError(f"{path}: no {MANIFEST}; not a collfm2-edge bundle (or an interrupted export)")
     try:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ModelFilesError(f"{mpath}: {mpath.stat().st_size} bytes, not a manifest (at most "
+                                  f"{MAX_MANIFEST_BYTES >> 20} MiB)")  # fmt: skip
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFilesError(f"{mpath}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ModelFilesError(f"{mpath}: nested too deep to be a manifest") from None
+    except OSError as exc:
+        raise ModelFilesError(f"{mpath}: cannot be read ({exc.strerror or exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise ModelFilesError(f"{mpath}: format is not {BUNDLE_FORMAT!r}")
     version = manifest.get("schema_version")
@@ -142,26 +171,39 @@ def _check_shape(mpath: Path, m: dict[str, Any]) -> None:
             raise bad(f"missing field {key!r}")
         if not isinstance(m[key], kind):
             raise bad(f"field {key!r} is a {type(m[key]).__name__}, not a {kind.__name__}")
+    for rel, digest in m["files"].items():
+        if not confined_name(rel) or not isinstance(digest, str):
+            raise bad(f"files lists {rel!r}: not a path inside the bundle with its sha256")
     model = m["model"]
     for key in MODEL_INTS:
         v = model.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "image_token_id" else 1):
-            raise bad(f"model.{key} is {v!r}, not a positive integer")
-    buckets = model.get("patch_buckets", [model["max_num_patches"]])
-    if not isinstance(buckets, list) or not buckets or not all(isinstance(b, int) and b > 0 for b in buckets):
-        raise bad(f"model.patch_buckets is {buckets!r}, not a non-empty list of positive integers")
+        lo, hi = MODEL_BOUNDS[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise bad(f"model.{key} is {v!r}, not an integer in {lo}..{hi}")
+    f2, top = model["downsample_factor"] ** 2, model["max_num_patches"]
+    if top % f2 or model["tokens_per_tile"] != top // f2:
+        raise bad(f"model.max_num_patches {top}, downsample_factor {model['downsample_factor']} and "
+                  f"tokens_per_tile {model['tokens_per_tile']} disagree")  # fmt: skip
+    buckets = model.get("patch_buckets", [top])
+    ok = isinstance(buckets, list) and all(type(b) is int and b > 0 and b % f2 == 0 for b in buckets)
+    if not ok or not buckets or buckets != sorted(set(buckets)) or buckets[-1] != top:
+        raise bad(f"model.patch_buckets is {buckets!r}, not increasing multiples of {f2} ending at max_num_patches")
     if not m["precisions"]:
         raise bad("lists no precisions")
     for name, entry in m["precisions"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("graphs"), dict):
             raise bad(f"precisions.{name} has no graphs")
+        if not isinstance(entry.get("session_config", {}), dict):
+            raise bad(f"precisions.{name}.session_config is not an object")
         for graph in ("vision", "text"):
             g = entry["graphs"].get(graph)
-            if not isinstance(g, dict) or not isinstance(g.get("file"), str):
-                raise bad(f"precisions.{name}.graphs.{graph} names no file")
+            if not isinstance(g, dict) or not isinstance(g.get("file"), str) or not confined_name(g["file"]):
+                raise bad(f"precisions.{name}.graphs.{graph} names no file inside the bundle")
         emb = entry.get("embeddings")
         if not isinstance(emb, dict) or not isinstance(emb.get("file"), str) or not isinstance(emb.get("shape"), list):
             raise bad(f"precisions.{name}.embeddings names no file and shape")
+        if not confined_name(emb["file"]):
+            raise bad(f"precisions.{name}.embeddings.file {emb['file']!r} is not a path inside the bundle")
         if len(emb["shape"]) != 2 or emb["shape"][1] != model["hidden_size"]:
             raise bad(f"precisions.{name}.embeddings.shape {emb['shape']} does not fit hidden_size "
                       f"{model['hidden_size']}")  # fmt: skip
@@ -170,3 +212,13 @@ def _check_shape(mpath: Path, m: dict[str, Any]) -> None:
             last = (outputs[0].get("shape") or [None])[-1]
             if isinstance(last, int) and last != model["dim"]:
                 raise bad(f"model.dim {model['dim']} but the {name} text graph outputs {last}-d vectors")
+
+
+def confined_name(rel: object) -> bool:
+    """A relative path with no ``..``: the only kind of name a manifest may give a file."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel:
+        return False
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and ".." not in p.parts and not PureWindowsPath(rel).drive

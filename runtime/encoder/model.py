@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle.contract import TEXT, VISION, check_manifest_contract
-from ..bundle.manifest import SHARED, Bundle, open_bundle
+from ..bundle.manifest import Bundle, open_bundle
 from ..errors import InputError, ModelFilesError
 from ..preprocess.image import position_weights, unshuffle_index
 from ..preprocess.processor import real_rows
@@ -174,7 +174,7 @@ class ColLFM2:
         bundle = open_bundle(Path(path), verify=False)  # the precision may depend on what it holds
         if engine(backend).own_precision:  # engines are checked by their own sha256 as they load
             if verify:
-                bundle.verify_files(list(SHARED))
+                bundle.verify_files(bundle.processor_files())
             return cls(bundle, precision, providers, threads, vision_batch, output_dtype, backend)
         precision = precision or default_precision(backend, bundle.precisions, int8_methods=bundle.methods("int8"))
         bundle.precision(precision)  # a clear error for a precision the bundle lacks

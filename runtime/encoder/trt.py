@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle.manifest import confined_name
 from ..bundle.trt_manifest import check_engine
 from ..errors import ModelFilesError, UserError
 from .runner import Engine, Loaded
@@ -219,6 +220,8 @@ def load_engines(bundle_dir: Path, engine_dir: str | None = None) -> tuple[dict[
     engines = {}
     for m in meta["engines"]:
         check_engine(m, str(trt.__version__), cc)
+        if not confined_name(m.get("file")) or not (dirs[0] / m["file"]).resolve().is_relative_to(dirs[0].resolve()):
+            raise ModelFilesError(f"{dirs[0] / 'engines.json'}: engine file {m.get('file')!r} is not inside its set")
         engines[m["graph"]] = TrtEngine(dirs[0] / m["file"], m.get("sha256"))
     return engines, meta
 

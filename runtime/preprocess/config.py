@@ -9,6 +9,7 @@ lets ``processor_config.json`` carry an ``image_processor`` section; it wins ove
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,19 @@ __all__ = ["DECODE_MODES", "TILE_LABEL_ORDERS", "PreprocessConfig"]
 _BILINEAR = 2
 TILE_LABEL_ORDERS = ("5.x", "4.57")
 DECODE_MODES = ("corrected", "upstream")
+
+
+# The range of every scalar knob: wide enough for any LFM2-VL checkpoint, narrow enough that a
+# hostile or damaged file cannot ask for a zero-sized patch or a gigapixel tile.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "downsample_factor": (1, 8), "min_tiles": (1, 256), "max_tiles": (1, 256), "min_image_tokens": (1, 16384),
+    "max_image_tokens": (1, 16384), "encoder_patch_size": (1, 64), "tile_size": (16, 4096),
+    "max_pixels_tolerance": (1.0, 100.0), "resample": (0, 5), "rescale_factor": (1e-6, 1.0),
+    "do_image_splitting": (0, 1), "use_thumbnail": (0, 1), "do_rescale": (0, 1), "do_normalize": (0, 1),
+    "do_pad": (0, 1),
+}  # fmt: skip
+_FLAGS = {"do_image_splitting", "use_thumbnail", "do_rescale", "do_normalize", "do_pad"}
+_REALS = {"max_pixels_tolerance", "rescale_factor"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,22 @@ class PreprocessConfig:
         return self.encoder_patch_size * self.encoder_patch_size * 3
 
     def validate(self) -> PreprocessConfig:
+        for name, (lo, hi) in _BOUNDS.items():
+            v = getattr(self, name)
+            kind = bool if name in _FLAGS else (float if name in _REALS else int)
+            ok = isinstance(v, bool) if kind is bool else (isinstance(v, (int, float) if kind is float else int)
+                                                           and not isinstance(v, bool) and lo <= v <= hi)  # fmt: skip
+            if not ok:
+                want = "true or false" if kind is bool else f"a number in {lo}..{hi}"
+                raise ModelFilesError(f"preprocessor config: {name} is {v!r}, not {want}")
+        for name in ("image_mean", "image_std"):
+            v = getattr(self, name)
+            if len(v) != 3 or not all(math.isfinite(x) and abs(x) <= 255 for x in v) or (
+                    name == "image_std" and min(abs(x) for x in v) < 1e-6):  # fmt: skip
+                raise ModelFilesError(f"preprocessor config: {name} is {list(v)!r}, not three finite numbers"
+                                      f"{' (none 0)' if name == 'image_std' else ''}")  # fmt: skip
+        if self.min_image_tokens > self.max_image_tokens:
+            raise ModelFilesError("preprocessor config: min_image_tokens must be <= max_image_tokens")
         if self.resample != _BILINEAR:
             raise ModelFilesError(
                 f"preprocessor config asks for resample={self.resample}; only bilinear (2) is "
@@ -78,7 +108,10 @@ class PreprocessConfig:
             if key not in known:
                 continue
             if key in ("image_mean", "image_std"):
-                value = tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * 3))
+                try:
+                    value = tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * 3))
+                except (TypeError, ValueError):
+                    raise ModelFilesError(f"preprocessor config: {key} is {value!r}, not three numbers") from None
             kwargs[key] = value
         return replace(cls(), **kwargs).validate()
 
@@ -103,7 +136,7 @@ class PreprocessConfig:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelFilesError(f"{path}: cannot read JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise ModelFilesError(f"{path}: expected a JSON object")

@@ -72,8 +72,10 @@ class TextTokenizer:
         if cfg_file.is_file():
             try:
                 cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ModelFilesError(f"{cfg_file}: invalid JSON ({exc})") from exc
+            if not isinstance(cfg, dict):
+                raise ModelFilesError(f"{cfg_file}: expected a JSON object, got a {type(cfg).__name__}")
             extra = cfg.get("extra_special_tokens") or {}
             if isinstance(extra, dict):
                 for key, name in (("image_token", "image"), ("image_start_token", "image_start"),
@@ -136,7 +138,7 @@ class TextTokenizer:
     def query_ids(self, query: str, max_tokens: int = MAX_QUERY_TOKENS) -> np.ndarray:
         if not isinstance(query, str):
             raise QueryError(f"a query must be a string, got {type(query).__name__}")
-        if not query.strip():
+        if not _visible(query):
             raise QueryError("empty query: type some words to search for")
         ids = self.tokenizer.encode(query, add_special_tokens=True).ids
         if len(ids) > max_tokens:
@@ -164,3 +166,11 @@ def pad_batch(sequences: list[np.ndarray], pad_id: int, side: str) -> tuple[np.n
             ids[i, :n] = seq
             mask[i, :n] = 1
     return ids, mask
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` holds a character that shows: a query of spaces, zero-width joiners or bidi
+    marks alone (categories Z*, Cc, Cf) would be searched as if it said something."""
+    import unicodedata
+
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text)

@@ -1,0 +1,216 @@
+"""The hostile-user defects of the index, import, bundle and benchmark commands: each test here
+failed before its fix (stale row sharing, empty paths, trusting npz files and bundles, checks
+racing writers, stale explanations, oversized files, malformed datasets)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.demo import SAMPLE_PAGES, render_page
+from runtime.__main__ import main
+from runtime.stores.local.index import Index
+
+
+def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """The CLI in this process (the tiny bundle loads in a fraction of a second)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture()
+def two_pages(tmp_path: Path) -> Path:
+    d = tmp_path / "pages"
+    d.mkdir()
+    for name, lines in list(SAMPLE_PAGES.items())[:2]:
+        render_page(lines).save(d / name)
+    return d
+
+
+def _stored(idx: Path) -> dict[str, tuple[str, np.ndarray]]:
+    with Index.open(idx) as index:
+        assert index.check() == []
+        out = {}
+        for p in index.pages():
+            rows, digest = index.page_rows(p["path"], p["page"])
+            out[Path(p["path"]).name] = (digest, rows)
+        return out
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("commit_pages", ["1", "16"])
+def test_swapped_contents_are_stored_as_they_now_are(capsys, tiny_bundle: Path, two_pages: Path, tmp_path: Path,
+                                                     commit_pages: str) -> None:  # fmt: skip
+    """Item 1: a commit that replaces the only page holding some bytes must not leave a later page
+    sharing rows that are gone; it is encoded instead, and the add never aborts."""
+    idx = tmp_path / "idx"
+    add = ("index", "add", "--index", str(idx), "--precision", "fp32", "--no-progress")
+    assert _run(capsys, *add, "--bundle", str(tiny_bundle), str(two_pages))[0] == 0
+    before = _stored(idx)
+    a, b = sorted(two_pages.iterdir())
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    code, _out, err = _run(capsys, *add, "--commit-pages", commit_pages, str(two_pages))
+    assert code == 0, err
+    after = _stored(idx)
+    for f, other in ((a, b), (b, a)):
+        digest, rows = after[f.name]
+        assert digest == _sha(f)
+        np.testing.assert_allclose(rows, before[other.name][1], atol=2e-3)
+
+
+def test_copied_then_edited_original_keeps_each_its_own_rows(capsys, tiny_bundle: Path, two_pages: Path,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    """Item 1 with default settings: copy an indexed file, edit the original, add the folder."""
+    idx = tmp_path / "idx"
+    add = ("index", "add", "--index", str(idx), "--precision", "fp32", "--no-progress")
+    a, b = sorted(two_pages.iterdir())
+    assert _run(capsys, *add, "--bundle", str(tiny_bundle), str(a))[0] == 0
+    shutil.copy(a, two_pages / "z_copy.png")
+    a.write_bytes(b.read_bytes())
+    code, _out, err = _run(capsys, *add, "--commit-pages", "1", str(two_pages))
+    assert code == 0, err
+    got = _stored(idx)
+    assert {k: v[0] for k, v in got.items()} == {p.name: _sha(p) for p in two_pages.iterdir()}
+    assert not np.allclose(got["z_copy.png"][1][:5], got[a.name][1][:5], atol=1e-3)
+
+
+EMPTY_PATHS = [
+    ("index", "remove", "--index", "{idx}", ""),
+    ("index", "add", "--index", "{idx}", " "),
+    ("encode", "--bundle", "{b}", "--out", "x.npz", ""),
+    ("search", "--index", "", "x"),
+]
+
+
+@pytest.mark.parametrize("argv", EMPTY_PATHS)
+def test_empty_paths_are_refused(capsys, tiny_bundle: Path, tmp_path: Path, argv: tuple, monkeypatch) -> None:
+    """Item 2: an empty path (an unset shell variable) names the working folder; refuse it."""
+    idx = tmp_path / "idx"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(idx=idx, b=tiny_bundle) for a in argv])
+    assert exc.value.code == 2
+    assert "empty path" in capsys.readouterr().err
+
+
+class Raw(str):
+    """A manifest's text, written as is."""
+
+
+def _bundle_copy(tiny_bundle: Path, tmp_path: Path, edit) -> Path:
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    out = edit(b, m)
+    (b / "manifest.json").write_text(out if isinstance(out, Raw) else json.dumps(m))
+    return b
+
+
+def _set(path: Path, key: str, value) -> None:
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data))
+
+
+def _section(path: Path, key: str, value) -> None:
+    data = json.loads(path.read_text())
+    data["image_processor"] = {**data.get("image_processor", {}), key: value}
+    path.write_text(json.dumps(data))
+
+
+def _point(m: dict, what: str, target: str) -> None:
+    """Point fp32's ``what`` at ``target``, listed with its true hash (as a forger would)."""
+    entry = m["precisions"]["fp32"]
+    spec = entry["embeddings"] if what == "embeddings" else entry["graphs"][what]
+    m["files"].pop(spec["file"])
+    spec["file"] = target
+    m["files"][target] = (
+        hashlib.sha256(Path(target).resolve().read_bytes()).hexdigest() if Path(target).is_absolute() else "0" * 64
+    )
+
+
+def _link_out(path: Path, target: Path) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
+def _model(key: str, value):
+    def edit(b: Path, m: dict) -> None:
+        m["model"][key] = value
+
+    return edit
+
+
+BUNDLE_EDITS = {
+    # Item 7: hashed files the processor reads, changed after export (a value that still parses).
+    "processor_config mean": lambda b, m: _section(b / "processor_config.json", "image_mean", [0.4, 0.5, 0.5]),
+    "tokenizer_config list": lambda b, m: (b / "tokenizer_config.json").write_text("[1, 2]"),
+    "unlisted processor file": lambda b, m: m["files"].pop("processor_config.json"),
+    # Item 8: paths outside the bundle.
+    "embeddings outside": lambda b, m: _point(m, "embeddings", os.path.relpath("/etc/passwd", b)),
+    "graph at an absolute path": lambda b, m: _point(m, "text", str(b.parent / "elsewhere.onnx")),
+    "symlink out": lambda b, m: _link_out(b / "fp32" / "embeddings.npy", b.parent / "elsewhere.npy"),
+    # Item 9: malformed manifests.
+    "files a number": lambda b, m: m.update(files=3),
+    "position_grid 3000": _model("position_grid", 3000),
+    "max_num_patches 1e12": _model("max_num_patches", 10**12),
+    "patch_buckets [1]": _model("patch_buckets", [1]),
+    "downsample_factor 3": _model("downsample_factor", 3),
+    "session_config a list": lambda b, m: m["precisions"]["fp32"].update(session_config=[["a", "b"]]),
+    "nested 200000 deep": lambda b, m: Raw("[" * 200_000 + "]" * 200_000),
+}
+
+CONFIG_EDITS = {
+    # Item 7: hashed files with impossible values; the hash is updated so only validation can stop them.
+    "encoder_patch_size 0": ("preprocessor_config.json", "encoder_patch_size", 0),
+    "image_mean abc": ("preprocessor_config.json", "image_mean", "abc"),
+    "tile_size a string": ("preprocessor_config.json", "tile_size", "512"),
+    "max_image_tokens 1e9": ("preprocessor_config.json", "max_image_tokens", 10**9),
+    "std zero": ("preprocessor_config.json", "image_std", [0, 0, 0]),
+}
+
+
+def _rehashed(name: str, key: str, value):
+    def edit(b: Path, m: dict) -> None:
+        _set(b / name, key, value)
+        m["files"][name] = hashlib.sha256((b / name).read_bytes()).hexdigest()
+
+    return edit
+
+
+@pytest.mark.parametrize("case", [*BUNDLE_EDITS, *CONFIG_EDITS])
+def test_a_tampered_bundle_is_one_line_and_stores_nothing(capsys, tiny_bundle: Path, two_pages: Path, tmp_path: Path,
+                                                          case: str) -> None:  # fmt: skip
+    """Items 7-9: every hashed file verified, every path confined, every number bounded, before use."""
+    edit = BUNDLE_EDITS.get(case) or _rehashed(*CONFIG_EDITS[case])
+    (tmp_path / "elsewhere.npy").write_bytes((tiny_bundle / "fp32" / "embeddings.npy").read_bytes())
+    (tmp_path / "elsewhere.onnx").write_bytes((tiny_bundle / "fp32" / "text.onnx").read_bytes())
+    b = _bundle_copy(tiny_bundle, tmp_path, edit)
+    idx = tmp_path / "idx"
+    for argv in (("index", "add", "--index", str(idx), "--bundle", str(b), "--precision", "fp32", "--no-progress",
+                  str(two_pages)),
+                 ("encode", "--bundle", str(b), "--precision", "fp32", "--out", str(tmp_path / "o.npz"),
+                  "--no-progress", str(two_pages))):  # fmt: skip
+        code, _out, err = _run(capsys, *argv)
+        line = _one_line_error(err)
+        # A file outside the bundle is never read: its hash is never reported.
+        assert code == 2 and not ("passwd" in line and "does not match" in line), (case, err)
+    assert not idx.exists() and not (tmp_path / "o.npz").exists()
