@@ -204,6 +204,13 @@ def write_maps(expl: Explanation, image: Image.Image, out_dir: str | Path, stem:
     """``{stem}.max.png``, ``{stem}.sum.png``, one ``{stem}.tNN-LABEL.png`` per query token
     (``tokens``) and ``{stem}.npz`` (the raw maps and labels) under ``out_dir``."""
     out = Path(out_dir)
+    try:
+        return _write_maps(expl, image, out, stem, tokens)
+    except OSError as exc:  # a full disk, a file where the folder should be, no permission
+        raise InputError(f"{out}: cannot write the maps there ({exc.strerror or exc})") from None
+
+
+def _write_maps(expl: Explanation, image: Image.Image, out: Path, stem: str, tokens: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for how in ("max", "sum"):

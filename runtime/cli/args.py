@@ -12,8 +12,8 @@ from ..ingest.sources import DEFAULT_DPI
 from ..ingest.stream import DEFAULT_BATCH_TILES
 from ..stores.open import STORES
 
-__all__ = ["DEFAULT_COMMIT_PAGES", "backend_arg", "bundle_args", "compact_args", "ingest_args", "positive",
-           "split_backends", "store_args"]  # fmt: skip
+__all__ = ["DEFAULT_COMMIT_PAGES", "backend_arg", "bundle_args", "compact_args", "ingest_args", "path_arg",
+           "positive", "split_backends", "store_args"]  # fmt: skip
 
 # Pages per commit: what a crash can lose at most, and what a commit's fsyncs are spread over.
 DEFAULT_COMMIT_PAGES = 16
@@ -66,14 +66,28 @@ def positive(text: str) -> int:
     return value
 
 
+def path_arg(text: str) -> str:
+    """argparse type: a non-empty path. An empty one (an unset shell variable) would resolve to the
+    working folder: ``index remove ""`` would forget every page under it."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names nothing (is a shell variable unset?)")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL byte: {text!r}")
+    return text
+
+
 def bundle_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--bundle", required=required, help="ONNX bundle directory (python -m export --target onnx)")
+    p.add_argument(
+        "--bundle", type=path_arg, required=required, help="ONNX bundle directory (python -m export --target onnx)"
+    )
     p.add_argument("--precision", help="bundle precision (default: the one this CPU runs best, see README)")
     p.add_argument("--threads", type=positive, help="ONNX Runtime threads (default: all cores)")
 
 
 def store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", help="index directory (local backend; for qdrant without --url, its embedded store)")
+    p.add_argument(
+        "--index", type=path_arg, help="index directory (local backend; for qdrant without --url, its embedded store)"
+    )
 
     p.add_argument("--url", help="qdrant: server URL (http://host:6333); default: embedded local mode in --index")
     p.add_argument("--collection", default="collfm2", help="qdrant: collection name (default collfm2)")
@@ -100,7 +114,7 @@ def _compaction(text: str) -> Any:
 
 
 def ingest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders, PDFs")
+    p.add_argument("paths", nargs="+", type=path_arg, metavar="PATH", help="images, folders, PDFs")
     p.add_argument("--dpi", type=positive, default=DEFAULT_DPI, help=f"PDF rasterisation (default {DEFAULT_DPI})")
     p.add_argument("--batch-tiles", type=positive, default=DEFAULT_BATCH_TILES, help="tiles per model call")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")

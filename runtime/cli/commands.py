@@ -19,6 +19,7 @@ from .args import (
     bundle_args,
     compact_args,
     ingest_args,
+    path_arg,
     positive,
     split_backends,
     store_args,
@@ -33,7 +34,7 @@ __all__ = ["add_parsers", "run_command"]
 def add_parsers(sub: Any) -> None:
     enc = sub.add_parser("encode", help="encode pages to an .npz (embeddings, offsets, names)")
     bundle_args(enc, required=True)
-    enc.add_argument("--out", required=True, help="output .npz")
+    enc.add_argument("--out", type=path_arg, required=True, help="output .npz")
     enc.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     backend_arg(enc, stores=False)
     ingest_args(enc)
@@ -64,16 +65,20 @@ def add_parsers(sub: Any) -> None:
     backend_arg(imp, stores=True)
     imp.add_argument("--commit-pages", type=positive, default=DEFAULT_COMMIT_PAGES, help="pages per commit")
     compact_args(imp)
-    imp.add_argument("--bundle", help="creating the index: this machine's copy of the bundle that encoded the files")
-    imp.add_argument("npz", nargs="+", metavar="FILE.npz")
+    imp.add_argument(
+        "--bundle", type=path_arg, help="creating the index: this machine's copy of the bundle that encoded the files"
+    )
+    imp.add_argument("npz", nargs="+", type=path_arg, metavar="FILE.npz")
     rm = isub.add_parser("remove", help="forget every page of the given files (or folders)")
     store_args(rm)
     backend_arg(rm, stores=True)
     rm.add_argument("--missing", action="store_true", help="also forget pages whose files no longer exist")
-    rm.add_argument("paths", nargs="*", metavar="PATH")
+    rm.add_argument("paths", nargs="*", type=path_arg, metavar="PATH")
 
     st = sub.add_parser("selftest", help="check a bundle's fidelity on this machine (its probe vs PyTorch's)")
-    st.add_argument("--bundle", required=True, help="ONNX bundle directory (python -m export --target onnx)")
+    st.add_argument(
+        "--bundle", type=path_arg, required=True, help="ONNX bundle directory (python -m export --target onnx)"
+    )
     st.add_argument("--precision", help="comma-separated precisions to check (default: every one the bundle has)")
     st.add_argument("--threads", type=positive, help="ONNX Runtime threads (default: all cores)")
     st.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -92,19 +97,25 @@ def add_parsers(sub: Any) -> None:
     )
     srch.add_argument("--exact", action="store_true", help="two-stage indexes: exact MaxSim over every page")
     srch.add_argument("--json", action="store_true", help='[{"rank", "score", "path", "page"}, ...]')
-    srch.add_argument("--explain", metavar="DIR", help="also write each hit's similarity maps to DIR (see explain)")
+    srch.add_argument(
+        "--explain", type=path_arg, metavar="DIR", help="also write each hit's similarity maps to DIR (see explain)"
+    )
     srch.add_argument("--dpi", type=positive, default=DEFAULT_DPI, help="--explain: PDF rasterisation, as indexed")
     srch.add_argument("query", nargs="+", help="query text (several words are joined)")
 
     ex = sub.add_parser("explain", help="similarity maps: where on a page each query token matches")
     bundle_args(ex, required=False)
-    ex.add_argument("--index", help="a local index: its bundle, and the page's stored vectors when it holds them")
-    ex.add_argument("--out", required=True, help="output folder (PNGs over the page, and an .npz of the maps)")
+    ex.add_argument(
+        "--index", type=path_arg, help="a local index: its bundle, and the page's stored vectors when it holds them"
+    )
+    ex.add_argument(
+        "--out", type=path_arg, required=True, help="output folder (PNGs over the page, and an .npz of the maps)"
+    )
     ex.add_argument("--query", required=True, help="the query text")
     ex.add_argument("--page", type=positive, default=1, help="page of a PDF or multi-page TIFF (default 1)")
     ex.add_argument("--dpi", type=positive, default=DEFAULT_DPI, help=f"PDF rasterisation (default {DEFAULT_DPI})")
     ex.add_argument("--no-tokens", action="store_true", help="only the max and sum maps, not one per query token")
-    ex.add_argument("file", help="the page's file (image, PDF, TIFF)")
+    ex.add_argument("file", type=path_arg, help="the page's file (image, PDF, TIFF)")
     backend_arg(ex, stores=False)
 
 
@@ -130,3 +141,8 @@ def run_command(args: argparse.Namespace) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every commit is atomic: what was committed stays, the rest was never written.
+        print("interrupted: pages committed before the interrupt are stored; nothing is half-written",
+              file=sys.stderr)  # fmt: skip
+        return 130

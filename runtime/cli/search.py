@@ -27,6 +27,10 @@ def search(args: argparse.Namespace) -> int:
         query.encode("utf-8")
     except UnicodeEncodeError:
         raise QueryError("the query is not valid UTF-8 text (check the terminal's locale)") from None
+    if args.exact and args.rerank is not None:
+        raise UserError("--rerank sets the candidates of two-stage search; --exact scores every page: give one")
+    if args.explain:
+        _writable_folder(args.explain, "--explain")  # before searching: a bad folder fails fast, in one line
     with store_with_model(args) as (store, model):
         (q,) = model.embed_queries([query])
         hits = _search_store(store, q, args)
@@ -43,6 +47,13 @@ def search(args: argparse.Namespace) -> int:
     if args.explain:
         print(f"similarity maps of {len(hits) - failed} hit(s) in {args.explain}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _writable_folder(path: str, flag: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot be a folder for the maps ({exc.strerror or exc})") from None
 
 
 def _page_source(path: str, page: int, dpi: int) -> Any:
@@ -69,6 +80,15 @@ def _explain_page(model: Any, store: Any, query: str, src: Any, out: str, stem: 
         rows = stored[0]
     data = src.load()
     expl = explain(model, query, data, rows, name=src.name)
+    if stored is not None and rows is None:
+        # The stored rows belong to bytes no longer on disk: they cannot be drawn over this image.
+        (q,) = model.embed_queries([query])
+        then = float(np.max(stored[0].astype(np.float32) @ q.astype(np.float32).T, axis=0).sum())
+        print(
+            f"note: {src.name} changed since it was indexed: the index scores it {then:.4f}; these maps are of "
+            f"the file as it is now (score {expl.score:.4f}); index add it again to update",
+            file=sys.stderr,
+        )
     image = Image.fromarray(decode_image(data, model.processor.decode, src.name))
     return write_maps(expl, image, out, stem, tokens)
 
@@ -95,6 +115,7 @@ def explain(args: argparse.Namespace) -> int:
     if not query:
         raise QueryError("empty query: type some words to search for")
     src = _page_source(args.file, args.page, args.dpi)
+    _writable_folder(args.out, "--out")
     if args.index:
         args.store = "local"
         with store_with_model(args) as (store, model):
