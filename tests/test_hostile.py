@@ -214,3 +214,121 @@ def test_a_tampered_bundle_is_one_line_and_stores_nothing(capsys, tiny_bundle: P
         # A file outside the bundle is never read: its hash is never reported.
         assert code == 2 and not ("passwd" in line and "does not match" in line), (case, err)
     assert not idx.exists() and not (tmp_path / "o.npz").exists()
+
+
+# -- index import: an npz is checked whole before anything is written (items 3, 4, 10) ----------
+
+
+@pytest.fixture()
+def good_npz(capsys, tiny_bundle: Path, two_pages: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "good.npz"
+    code, _, err = _run(capsys, "encode", "--bundle", str(tiny_bundle), "--precision", "fp32", "--out", str(out),
+                        "--no-progress", str(two_pages))  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+def _arrays(npz: Path) -> dict[str, np.ndarray]:
+    with np.load(npz) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _variant(good: Path, out: Path, **changes) -> Path:
+    data = _arrays(good)
+    for k, v in changes.items():
+        if v is None:
+            del data[k]
+        else:
+            data[k] = v(data) if callable(v) else v
+    np.savez(out, **data)
+    return out
+
+
+def _forged_header(good: Path, out: Path) -> Path:
+    """An npz whose embeddings header declares 10^12 rows (a few bytes follow)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename == "embeddings.npy":
+                buf = io.BytesIO()
+                np.lib.format.write_array_header_1_0(buf, {"descr": "<f2", "fortran_order": False,
+                                                           "shape": (10**12, 128)})  # fmt: skip
+                dst.writestr("embeddings.npy", buf.getvalue() + b"\0" * 64)
+            else:
+                dst.writestr(info, src.read(info))
+    return out
+
+
+NPZ_CASES = {
+    # item 3: offsets and layouts that check would reject
+    "zero-row page": dict(offsets=lambda d: np.r_[0, 0, d["offsets"][2:]]),
+    "non-increasing offsets": dict(offsets=lambda d: np.r_[0, d["offsets"][2], d["offsets"][1], d["offsets"][3:]]),
+    "bogus layout": dict(layouts=lambda d: np.full_like(d["layouts"], 3000)),
+    # item 4: names from nowhere
+    "dot-dot name": dict(names=lambda d: np.array(["/x/../../../../etc/passwd", *d["names"][1:]])),
+    "relative name": dict(names=lambda d: np.array(["relative/x.png", *d["names"][1:]])),
+    "empty name": dict(names=lambda d: np.array(["", *d["names"][1:]])),
+    # item 10: crafted arrays
+    "identity a list": dict(identity=np.asarray(json.dumps(["a"]))),
+    "pages shorter": dict(pages=lambda d: d["pages"][:1]),
+    "0-d names": dict(names=np.asarray("x")),
+    "float offsets": dict(offsets=lambda d: d["offsets"].astype(np.float64)),
+    "string sizes": dict(sizes=lambda d: d["sizes"].astype(str)),
+    "short layout_offsets": dict(layout_offsets=lambda d: d["layout_offsets"][:-1]),
+    "NaN rows": dict(embeddings=lambda d: np.full_like(d["embeddings"], np.nan)),
+}
+
+
+def _damaged(case: str, good: Path, out: Path) -> Path:
+    if case in NPZ_CASES:
+        return _variant(good, out, **NPZ_CASES[case])
+    if case == "0 bytes":
+        out.write_bytes(b"")
+    elif case == "half copied":
+        out.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif case == "10^12 rows declared":
+        _forged_header(good, out)
+    elif case == "deflate bomb":
+        data = _arrays(good)
+        data["embeddings"] = np.zeros((300_000, 128), np.float16)  # 73 MiB that deflates to ~75 KiB
+        data["offsets"] = np.r_[0, 150_000, 300_000]
+        np.savez_compressed(out, **data)
+    return out
+
+
+@pytest.mark.parametrize("case", [*NPZ_CASES, "0 bytes", "half copied", "10^12 rows declared", "deflate bomb"])
+def test_a_damaged_npz_is_one_line_and_changes_nothing(capsys, monkeypatch, tiny_bundle: Path, good_npz: Path,
+                                                       tmp_path: Path, case: str) -> None:  # fmt: skip
+    monkeypatch.setattr("runtime.ingest.npz.MAX_NPZ_BYTES", 32 << 20)  # the bomb's 73 MiB stands for gigabytes
+    bad = _damaged(case, good_npz, tmp_path / "bad.npz")
+    new, old = tmp_path / "new", tmp_path / "old"
+    imp = ("index", "import", "--bundle", str(tiny_bundle))
+    # Into no index: nothing is created (with the compact kind it would have recorded).
+    code, _, err = _run(capsys, *imp, "--index", str(new), "--compact", "rowcol", str(bad))
+    assert code == 2 and _one_line_error(err) and not new.exists(), (case, err)
+    # Into an index: nothing changes, and the next good import still works.
+    assert _run(capsys, *imp, "--index", str(old), str(good_npz))[0] == 0
+    before = _stored(old)
+    code, _, err = _run(capsys, *imp, "--index", str(old), str(bad))
+    assert code == 2 and _one_line_error(err), (case, err)
+    after = _stored(old)
+    assert after.keys() == before.keys() and all(np.array_equal(after[k][1], before[k][1]) for k in after)
+    assert _run(capsys, *imp, "--index", str(new), "--compact", "pool:4", str(good_npz))[0] == 0
+
+
+def test_imported_names_are_removed_by_name_and_kept_by_missing(capsys, tiny_bundle: Path, good_npz: Path,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    """Item 4: names from another machine are absolute paths; --missing keeps those whose folder is
+    not here (it used to forget every imported page), ``remove`` takes them by name or folder."""
+    other = _variant(good_npz, tmp_path / "other.npz",
+                     names=np.array(["/elsewhere/scans/a.png", "/elsewhere/scans/b.png"]))  # fmt: skip
+    idx = tmp_path / "idx"
+    assert _run(capsys, "index", "import", "--index", str(idx), "--bundle", str(tiny_bundle), str(other))[0] == 0
+    code, out, err = _run(capsys, "index", "remove", "--index", str(idx), "--missing")
+    assert code == 1 and "removed 0" in out and "kept 2 file(s)" in err
+    code, out, _ = _run(capsys, "index", "remove", "--index", str(idx), "/elsewhere/scans/a.png")
+    assert code == 0 and "removed 1" in out
+    code, out, _ = _run(capsys, "index", "remove", "--index", str(idx), "/elsewhere")
+    assert code == 0 and "removed 1" in out

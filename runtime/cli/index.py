@@ -140,12 +140,19 @@ def _encode_now(model: Any, src: Any) -> PageRecord | None:
 
 
 def import_(args: argparse.Namespace) -> int:
-    """Pages encoded elsewhere into the index: same bundle (checked), same commits as ``add``."""
+    """Pages encoded elsewhere into the index: same bundle (checked), same commits as ``add``.
+    Each file is read and checked whole before anything is written, and a new index is created
+    only when a first page commits, so a refused file leaves nothing behind."""
     from ..bundle.manifest import open_bundle
 
     added = 0
     for name in args.npz:
         identity, records = read_npz(Path(name))
+        dim = identity.get("dim")
+        wrong = next((r for r in records if r.embeddings is not None and str(r.embeddings.shape[1]) != dim), None)
+        if wrong is not None:
+            raise StoreError(f"{name}: {wrong.path} has {wrong.embeddings.shape[1]}-d rows, its bundle identity "
+                             f"says {dim}; the file is damaged")  # fmt: skip
         if not exists(args):
             # Created here, the index must name this machine's copy of the bundle (searches load it).
             if not args.bundle:
@@ -154,6 +161,9 @@ def import_(args: argparse.Namespace) -> int:
             local = bundle_identity(open_bundle(args.bundle, verify=False), identity.get("precision", ""))
             check_identity(f"--bundle {args.bundle}", local, identity, f"it did not encode {name}")
             identity = local
+            if not records:
+                print(f"{name}: 0 page(s); no index created")
+                continue
         with store(args, identity) as s, s.writer():
             s.check_bundle(identity)
             check_compact(s, args)
@@ -209,15 +219,28 @@ def remove(args: argparse.Namespace) -> int:
     if not args.paths and not args.missing:
         raise UserError("name the files or folders to remove, or pass --missing")
     with existing_store(args) as s, s.writer():
-        targets = [str(Path(p).resolve()) for p in args.paths]
-        folders = [t.rstrip(os.sep) + os.sep for t in targets if Path(t).is_dir()]
-        if folders:  # a folder: every page stored under it
-            targets += [p["path"] for p in s.pages() if p["path"].startswith(tuple(folders))]
+        # A name matches as typed (made absolute) and with links resolved; a folder, existing or
+        # not (an imported tree, a deleted one), matches every page stored under it.
+        named = {os.path.abspath(p) for p in args.paths} | {str(Path(p).resolve()) for p in args.paths}
+        under = tuple(t.rstrip(os.sep) + os.sep for t in named)
+        targets = [p["path"] for p in s.pages() if p["path"] in named or p["path"].startswith(under)]
+        kept = 0
         if args.missing:
-            targets += s.missing_paths()
+            gone, kept = _missing(s.missing_paths())
+            targets += gone
         n = s.remove(sorted(set(targets)))
     print(f"removed {n} page(s)")
+    if kept:
+        print(f"kept {kept} file(s) whose folder is not on this machine (another machine's paths, or a drive not "
+              "mounted); remove them by name or folder", file=sys.stderr)  # fmt: skip
     return 0 if n else 1
+
+
+def _missing(paths: list[str]) -> tuple[list[str], int]:
+    """Of stored paths whose files are gone, those whose folder is here: a file deleted from a
+    folder that exists. The others may live on another machine or an unplugged drive."""
+    gone = [p for p in paths if os.path.isdir(os.path.dirname(p))]
+    return gone, len(paths) - len(gone)
 
 
 ACTIONS = {"add": add, "import": import_, "info": info, "check": check, "compact": compact, "remove": remove}
