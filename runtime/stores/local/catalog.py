@@ -150,6 +150,11 @@ class Catalog:
             "SELECT file, rows, sha256, cfile, crows, csha256 FROM segments NOT INDEXED"
         ).fetchall()
 
+    def names_file(self, name: str) -> bool:
+        """Whether a segment row names ``name`` (as its fp16 or its compact file)."""
+        sql = "SELECT 1 FROM segments WHERE file = ? OR cfile = ? LIMIT 1"
+        return self.conn.execute(sql, (name, name)).fetchone() is not None
+
     def intents(self) -> set[str]:
         return {f for (f,) in self.conn.execute("SELECT file FROM intents")}
 

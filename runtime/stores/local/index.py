@@ -337,8 +337,13 @@ class Index:
         return [dict(zip(keys, (i, decode_path(p), *rest), strict=True)) for i, p, *rest in cur]
 
     def info(self) -> dict[str, Any]:
-        n_pages, (live_rows, live_c, stored), (n_segs, all_rows), n_files = self.catalog.db(self.catalog.counts)
+        def counts() -> tuple:
+            with self.catalog.snapshot():  # one state: a concurrent commit cannot land between the counts
+                return self.catalog.counts()
+
+        n_pages, (live_rows, live_c, stored), (n_segs, all_rows), n_files = self.catalog.db(counts)
         files = list(self.segments.listing().values())
+        sizes = {f.name: _size(f) for f in files}  # a writer may delete a retired segment meanwhile
         kind = self.compaction
         return {
             **self.meta,
@@ -348,9 +353,9 @@ class Index:
             "rows": live_rows,
             "dead_rows": all_rows - live_rows,
             "segments": n_segs,
-            "bytes": sum(f.stat().st_size for f in files),
+            "bytes": sum(sizes.values()),
             "compact_vectors": live_c,
-            "compact_bytes_in_ram": sum(f.stat().st_size for f in files if kind and f.name.endswith(kind.suffix)),
+            "compact_bytes_in_ram": sum(n for name, n in sizes.items() if kind and name.endswith(kind.suffix)),
             "scores": self._scores_note(),
         }
 
@@ -380,3 +385,10 @@ class Index:
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

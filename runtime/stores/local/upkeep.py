@@ -66,43 +66,62 @@ def recover(catalog: Catalog, segments: SegmentFiles) -> None:
 def check(catalog: Catalog, segments: SegmentFiles) -> list[str]:
     """Every problem found (empty list = healthy): SQLite's integrity check, each segment's
     files, sizes and sha256, page spans inside their segment and overlapping only when
-    shared, files the database does not know, and interrupted writes not yet cleaned up."""
+    shared, files the database does not know, and interrupted writes not yet cleaned up.
 
-    def q() -> list[str]:
-        problems = catalog.integrity()
-        inv = inventory(catalog, segments)
-        for name, (size, digest) in sorted(inv.known.items()):
-            path = segments.dir / name
-            if not path.is_file():
-                problems.append(f"segment {name} missing")
+    Safe beside a writer: the catalog and the folder are read in one snapshot (no commit, and so
+    no deletion, can land inside it), and the files are hashed after it, a file that fails being
+    reported only if the catalog still names it (a compaction may have retired it meanwhile)."""
+
+    def snapshot() -> tuple[list[str], Inventory]:
+        with catalog.snapshot():
+            return catalog.integrity() + _span_problems(catalog), inventory(catalog, segments)
+
+    problems, inv = catalog.db(snapshot)
+    for name, (size, digest) in sorted(inv.known.items()):
+        problem = _file_problem(segments.dir / name, size, digest)
+        if problem and catalog.db(lambda name=name: catalog.names_file(name)):
+            problems.append(f"segment {name}{problem}")
+    problems += [f"file {SEGMENTS}/{name} is not in the database" for name in inv.strays]
+    return problems
+
+
+def _file_problem(path: Path, size: int, digest: str) -> str:
+    """'' when the file holds what was committed, else what is wrong (after the segment's name)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return " missing"
+    except OSError as exc:
+        return f": cannot be read ({exc.strerror or exc})"
+    if len(data) != size:
+        return f": {len(data)} bytes, expected {size}"
+    if hashlib.sha256(data).hexdigest() != digest:
+        return ": sha256 mismatch (contents changed since commit)"
+    return ""
+
+
+def _span_problems(catalog: Catalog) -> list[str]:
+    """Page spans outside their segment, overlapping ones that are not shared, orphaned pages."""
+    problems = []
+    conn = catalog.conn
+    segs = conn.execute("SELECT id, file, rows, cfile, crows FROM segments NOT INDEXED").fetchall()
+    for seg_id, file, rows, cfile, crows in segs:
+        for label, col_a, col_c, limit in ((file, "row_start", "row_count", rows),
+                                           (cfile, "c_start", "c_count", crows)):  # fmt: skip
+            if label is None:
                 continue
-            data = path.read_bytes()
-            if len(data) != size:
-                problems.append(f"segment {name}: {len(data)} bytes, expected {size}")
-            elif hashlib.sha256(data).hexdigest() != digest:
-                problems.append(f"segment {name}: sha256 mismatch (contents changed since commit)")
-        conn = catalog.conn
-        segs = conn.execute("SELECT id, file, rows, cfile, crows FROM segments NOT INDEXED").fetchall()
-        for seg_id, file, rows, cfile, crows in segs:
-            for label, col_a, col_c, limit in ((file, "row_start", "row_count", rows),
-                                               (cfile, "c_start", "c_count", crows)):  # fmt: skip
-                if label is None:
-                    continue
-                spans = conn.execute(
-                    f"SELECT DISTINCT {col_a}, {col_c} FROM pages WHERE segment = ? ORDER BY {col_a}", (seg_id,)
-                ).fetchall()
-                end = 0
-                for start, count in spans:
-                    if start < end or start + count > limit or count <= 0:
-                        problems.append(f"segment {label}: bad page span {start}+{count}")
-                    end = max(end, start + count)
-        orphans = conn.execute("SELECT COUNT(*) FROM pages WHERE segment NOT IN (SELECT id FROM segments)")
-        if (n := orphans.fetchone()[0]) > 0:
-            problems.append(f"{n} page(s) point at segments that do not exist")
-        problems += [f"file {SEGMENTS}/{name} is not in the database" for name in inv.strays]
-        return problems
-
-    return catalog.db(q)
+            spans = conn.execute(
+                f"SELECT DISTINCT {col_a}, {col_c} FROM pages WHERE segment = ? ORDER BY {col_a}", (seg_id,)
+            ).fetchall()
+            end = 0
+            for start, count in spans:
+                if start < end or start + count > limit or count <= 0:
+                    problems.append(f"segment {label}: bad page span {start}+{count}")
+                end = max(end, start + count)
+    orphans = conn.execute("SELECT COUNT(*) FROM pages WHERE segment NOT IN (SELECT id FROM segments)")
+    if (n := orphans.fetchone()[0]) > 0:
+        problems.append(f"{n} page(s) point at segments that do not exist")
+    return problems
 
 
 def compact(catalog: Catalog, segments: SegmentFiles) -> dict[str, int]:
