@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -332,3 +333,124 @@ def test_imported_names_are_removed_by_name_and_kept_by_missing(capsys, tiny_bun
     assert code == 0 and "removed 1" in out
     code, out, _ = _run(capsys, "index", "remove", "--index", str(idx), "/elsewhere")
     assert code == 0 and "removed 1" in out
+
+
+# -- index check beside a writer (item 5) --------------------------------------------------------
+
+WRITER = r"""
+import sys, numpy as np
+from runtime.stores.local.index import Index, PageRecord
+root, mode, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+import os
+rng = np.random.default_rng(0)
+def page(i, v):
+    e = rng.standard_normal((6, 128)).astype(np.float32)
+    return PageRecord(f"/w/{i}.png", 1, f"{i}-{v}", 1, e / np.linalg.norm(e, axis=1, keepdims=True))
+with Index.open(root) as idx, idx.writer():
+    v = 0
+    while not os.path.exists(stop):
+        v += 1
+        if mode == "add":  # new versions of a few files: replaced pages leave dead rows
+            idx.add_batch([page(i, v) for i in rng.choice(40, 3, replace=False)])
+        else:  # replace and compact, so segments are retired and deleted all the time
+            idx.add_batch([page(int(rng.integers(40)), v)])
+            idx.compact()
+"""
+
+CHECK_TRIES = int(os.environ.get("COLLFM2_CHECK_TRIES", "150"))
+
+
+@pytest.mark.parametrize("mode", ["add", "compact"])
+def test_check_beside_a_writer_never_reports_damage(tmp_path: Path, mode: str) -> None:
+    """Item 5: check and info read one snapshot; a writer's commit or deletion in between used to
+    be reported as 'not in the database' / 'segment missing', or end in a traceback."""
+    import subprocess
+    import sys
+
+    root, stop = tmp_path / "idx", tmp_path / "stop"
+    ident = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
+             "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
+    Index.create(root, ident, compact="pool:4").close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), mode, str(stop)], stderr=subprocess.PIPE)
+    problems, infos = [], 0
+
+    def commits(index: Index) -> int:
+        row = index.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'segments'").fetchone()
+        return row[0] if row else 0
+
+    try:
+        with Index.open(root) as index:
+            deadline = time.monotonic() + 120
+            while commits(index) < 3 and time.monotonic() < deadline:  # the writer is under way
+                time.sleep(0.05)
+            first = commits(index)
+            for _ in range(CHECK_TRIES):
+                problems += index.check()
+                infos += index.info()["pages"] >= 0
+            during = commits(index) - first
+    finally:
+        stop.touch()
+        _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err.decode()
+    assert problems == [] and infos == CHECK_TRIES
+    assert during >= 10, during  # the checks did run beside commits
+    with Index.open(root) as index:
+        assert index.check() == []
+
+
+def test_an_oversized_file_is_one_line_and_the_others_are_committed(capsys, tiny_bundle: Path, two_pages: Path,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    """Item 11: a 5 GB file named .png was read whole; now it is refused unread, the run goes on."""
+    with open(two_pages / "huge.png", "wb") as f:
+        f.truncate(5 << 30)  # sparse: costs no disk, and is never read
+    idx = tmp_path / "idx"
+    code, out, err = _run(capsys, "index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--precision",
+                          "fp32", "--no-progress", str(two_pages))  # fmt: skip
+    assert code == 1 and "added 2 page(s)" in out, err
+    assert "huge.png: 5,120 MiB, over the 512 MiB" in _one_line_error(err)
+    code, out, err = _run(capsys, "encode", "--bundle", str(tiny_bundle), "--precision", "fp32", "--max-file-mb",
+                          "1", "--out", str(tmp_path / "o.npz"), "--no-progress", str(two_pages))  # fmt: skip
+    assert code == 1 and "2 pages" in out and "over the 1 MiB" in err
+
+
+def test_explain_output_errors_are_one_line(capsys, tiny_bundle: Path, two_pages: Path, tmp_path: Path) -> None:
+    """Item 12: a file where the maps' folder should be was a FileExistsError/NotADirectoryError."""
+    a = sorted(two_pages.iterdir())[0]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    idx = tmp_path / "idx"
+    assert _run(capsys, "index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--no-progress",
+                str(two_pages))[0] == 0  # fmt: skip
+    for argv in (("search", "--index", str(idx), "--explain", str(blocker), "total"),
+                 ("explain", "--bundle", str(tiny_bundle), "--out", str(blocker / "sub"), "--query", "total",
+                  str(a))):  # fmt: skip
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and "cannot be a folder" in _one_line_error(err), err
+
+
+def test_explain_says_when_the_file_changed_since_indexing(capsys, tiny_bundle: Path, two_pages: Path,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """Item 6: the maps of a file edited since it was indexed used to show another score, silently."""
+    a, b = sorted(two_pages.iterdir())
+    idx, maps = tmp_path / "idx", tmp_path / "maps"
+    assert _run(capsys, "index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--no-progress",
+                str(a))[0] == 0  # fmt: skip
+    code, out, err = _run(capsys, "search", "--index", str(idx), "--json", "--explain", str(maps), "total")
+    assert code == 0 and "changed since" not in err
+    ranked = json.loads(out)[0]["score"]
+    a.write_bytes(b.read_bytes())
+    code, out, err = _run(capsys, "search", "--index", str(idx), "--json", "--explain", str(maps), "total")
+    assert code == 0 and json.loads(out)[0]["score"] == ranked
+    note = next(x for x in err.splitlines() if "changed since it was indexed" in x)
+    assert f"the index scores it {ranked:.4f}" in note
+
+
+@pytest.mark.parametrize("query", ["\u200b\u200d", "\u202e\u2066 \u200f", "\ufeff"])
+def test_invisible_queries_are_empty(capsys, tiny_bundle: Path, two_pages: Path, tmp_path: Path, query: str) -> None:
+    idx = tmp_path / "idx"
+    assert _run(capsys, "index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--no-progress",
+                str(two_pages))[0] == 0  # fmt: skip
+    code, _, err = _run(capsys, "search", "--index", str(idx), query)
+    assert code == 2 and "empty query" in _one_line_error(err)
+    code, _, err = _run(capsys, "search", "--index", str(idx), "--exact", "--rerank", "5", "total")
+    assert code == 2 and "--rerank" in _one_line_error(err)

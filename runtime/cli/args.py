@@ -8,7 +8,7 @@ from typing import Any
 
 from ..encoder.runner import ENGINES
 from ..errors import UserError
-from ..ingest.sources import DEFAULT_DPI
+from ..ingest.sources import DEFAULT_DPI, DEFAULT_MAX_FILE_MB
 from ..ingest.stream import DEFAULT_BATCH_TILES
 from ..stores.open import STORES
 
@@ -117,4 +117,10 @@ def ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", type=path_arg, metavar="PATH", help="images, folders, PDFs")
     p.add_argument("--dpi", type=positive, default=DEFAULT_DPI, help=f"PDF rasterisation (default {DEFAULT_DPI})")
     p.add_argument("--batch-tiles", type=positive, default=DEFAULT_BATCH_TILES, help="tiles per model call")
+    p.add_argument(
+        "--max-file-mb",
+        type=positive,
+        default=DEFAULT_MAX_FILE_MB,
+        help=f"larger files are reported and skipped, never read (default {DEFAULT_MAX_FILE_MB})",
+    )
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")

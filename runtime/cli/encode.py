@@ -25,7 +25,9 @@ def encode(args: argparse.Namespace) -> int:
     writer = NpzWriter(args.dtype)
     failed = 0
     bar = progress(None, "encode", enabled=False if args.no_progress else None)
-    for item in encode_stream(model, model.processor, iter_sources(args.paths, args.dpi), args.batch_tiles):
+    for item in encode_stream(
+        model, model.processor, iter_sources(args.paths, args.dpi, args.max_file_mb), args.batch_tiles
+    ):
         if isinstance(item, Failed):
             failed += 1
             report_failure(item)

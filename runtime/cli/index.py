@@ -96,7 +96,7 @@ def _add_pages(args: argparse.Namespace, model: Any, existing: Any, t0: float) -
 
         batches = FileBatches(args.commit_pages, commit)
         bar = progress(None, "index add", enabled=False if args.no_progress else None)
-        sources = iter_sources(args.paths, args.dpi)
+        sources = iter_sources(args.paths, args.dpi, args.max_file_mb)
         for item in encode_stream(model, model.processor, sources, args.batch_tiles, skip=skip):
             if isinstance(item, Failed):
                 batches.at(item.path)

@@ -14,11 +14,22 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["DEFAULT_DPI", "IMAGE_SUFFIXES", "Failed", "PageSource", "image_sources", "iter_sources"]
+__all__ = [
+    "DEFAULT_DPI",
+    "DEFAULT_MAX_FILE_MB",
+    "IMAGE_SUFFIXES",
+    "Failed",
+    "PageSource",
+    "image_sources",
+    "iter_sources",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 PDF_SUFFIX = ".pdf"
 DEFAULT_DPI = 150
+# Files are read whole (hashed, then decoded): a bigger one is refused before a byte is read. A
+# 500-page scanned PDF is ~200 MB; a 5 GB "image" is a mistake that would take the process down.
+DEFAULT_MAX_FILE_MB = 512
 
 
 @dataclass(frozen=True)
@@ -137,21 +148,31 @@ def _image_pages(item: Path, data: bytes, digest: str) -> Iterator[PageSource]:
     yield PageSource(path, 1, digest, len(data), lambda: data, note=note)
 
 
-def iter_sources(paths: Sequence[str | os.PathLike], dpi: int = DEFAULT_DPI) -> Iterator[PageSource | Failed]:
+def iter_sources(
+    paths: Sequence[str | os.PathLike], dpi: int = DEFAULT_DPI, max_file_mb: int = DEFAULT_MAX_FILE_MB
+) -> Iterator[PageSource | Failed]:
     """Pages of ``paths`` (files and folders, recursively), in order; unreadable ones as ``Failed``.
 
     Every page of a PDF or a multi-page TIFF is a page; an animated GIF/WebP/PNG is its first frame
-    (with a ``note`` saying so). All pages of one file come one after another."""
+    (with a ``note`` saying so). All pages of one file come one after another. A file over
+    ``max_file_mb`` MiB is a ``Failed``, never read."""
     if dpi <= 0:
         raise InputError(f"dpi must be positive, got {dpi}")
+    limit = max_file_mb << 20
     for item in _expand(paths):
         if isinstance(item, Failed):
             yield item
             continue
         try:
-            data = item.read_bytes()
+            with open(item, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(limit + 1) if size <= limit else b""
         except OSError as exc:
             yield Failed(str(item), None, f"{item}: cannot be read ({exc.strerror or exc})")
+            continue
+        if size > limit or len(data) > limit:  # (a file still growing is caught by the bounded read)
+            yield Failed(str(item), None, f"{item}: {max(size, len(data)) / 2**20:,.0f} MiB, over the {max_file_mb} "
+                         "MiB a file may have; not read (raise --max-file-mb for a larger document)")  # fmt: skip
             continue
         digest = hashlib.sha256(data).hexdigest()
         if item.suffix.lower() == PDF_SUFFIX or data[:5] == b"%PDF-":
