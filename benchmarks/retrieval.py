@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.errors import UserError
+from runtime.preprocess.text import has_visible_text
 
 SCHEMA = "collfm2-edge-retrieval/1"
 KS = (1, 5, 10)
@@ -65,15 +66,68 @@ class Dataset:
 # -- datasets --------------------------------------------------------------------------------
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def _lines(path: Path) -> list[str]:
+    """A text file's lines; a BOM is dropped (it would glue itself to the first id)."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing (a BEIR folder has corpus.jsonl, queries.jsonl and qrels/)") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _jsonl(path: Path, fields: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line; each object must have ``fields`` (the
+    first one an id: text or a number)."""
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_lines(path), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{n}: not JSON ({exc.msg})") from None
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise DatasetError(f"{path}:{n}: not JSON ({getattr(exc, 'msg', exc)})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{n}: not a JSON object")
+            for f in fields:
+                if not any(k in row for k in f.split("|")):
+                    raise DatasetError(f"{path}:{n}: has no {f.replace('|', ' or ')!r}")
+            out.append((n, row))
     return out
+
+
+def _id(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise DatasetError(f"{where}: id {value!r} is not a non-empty text or number")
+    return str(value)
+
+
+def _unique(pairs: Iterable[tuple[str, Any, str]], what: str) -> dict[str, Any]:
+    """(id, value, where) -> {id: value}; an id twice would silently overwrite the first."""
+    out: dict[str, Any] = {}
+    for key, value, where in pairs:
+        if key in out:
+            raise DatasetError(f"{where}: {what} id {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _query_text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not has_visible_text(value):
+        raise DatasetError(f"{where}: query text {value!r} is empty or not text; fix or drop the query")
+    return value
+
+
+def _relevance(text: str, where: str) -> int:
+    """A qrels score: an integer grade, written ``2`` or ``2.0``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DatasetError(f"{where}: score {text.strip()!r} is not a number") from None
+    if not math.isfinite(value) or value != int(value):
+        raise DatasetError(f"{where}: score {text.strip()!r} is not a whole-number grade")
+    return int(value)
 
 
 def _parquet(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -112,27 +166,39 @@ def load_dataset(path: str | Path) -> Dataset:
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder (expected a ViDoRe/BEIR dataset)")
     if (root / "corpus.jsonl").is_file():
-        corpus = {str(r["_id"]): _image(r.get("image") or r.get("file"), root) for r in _jsonl(root / "corpus.jsonl")}
-        queries = {str(r["_id"]): str(r["text"]) for r in _jsonl(root / "queries.jsonl")}
+        cfile, qfile = root / "corpus.jsonl", root / "queries.jsonl"
+        corpus = _unique(((_id(r["_id"], f"{cfile}:{n}"), _image(r.get("image") or r.get("file"), root), f"{cfile}:{n}")
+                          for n, r in _jsonl(cfile, ["_id", "image|file"])), "corpus")  # fmt: skip
+        queries = _unique(((_id(r["_id"], f"{qfile}:{n}"), _query_text(r["text"], f"{qfile}:{n}"), f"{qfile}:{n}")
+                           for n, r in _jsonl(qfile, ["_id", "text"])), "query")  # fmt: skip
         tsvs = sorted((root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else [root / "qrels.tsv"]
         qrels: dict[str, dict[str, int]] = {}
         for tsv in tsvs:
             if not tsv.is_file():
                 raise DatasetError(f"{root}: no qrels (qrels/test.tsv)")
-            for n, line in enumerate(tsv.read_text(encoding="utf-8").splitlines()):
+            for n, line in enumerate(_lines(tsv)):
+                if not line.strip():
+                    continue  # blank lines (a trailing one above all) hold nothing
                 parts = line.split("\t")
-                if n == 0 and not parts[-1].strip().lstrip("-").isdigit():
+                if n == 0 and len(parts) == 3 and not parts[-1].strip().lstrip("-").replace(".", "", 1).isdigit():
                     continue  # header
                 if len(parts) != 3:
                     raise DatasetError(f"{tsv}:{n + 1}: expected query-id, corpus-id, score")
-                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+                qrels.setdefault(parts[0], {})[parts[1]] = _relevance(parts[2], f"{tsv}:{n + 1}")
         layout = "beir-folder"
     elif _files(root, "corpus"):
-        corpus = {str(r["corpus-id"]): _image(r["image"], root) for r in _parquet(_files(root, "corpus"))}
-        queries = {str(r["query-id"]): str(r["query"]) for r in _parquet(_files(root, "queries"))}
-        qrels = {}
-        for r in _parquet(_files(root, "qrels")):
-            qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = int(r["score"])
+        try:
+            cdir, qdir = str(root / "corpus"), str(root / "queries")
+            corpus = _unique(((_id(r["corpus-id"], cdir), _image(r["image"], root), cdir)
+                              for r in _parquet(_files(root, "corpus"))), "corpus")  # fmt: skip
+            queries = _unique(((_id(r["query-id"], qdir), _query_text(r["query"], f"{qdir} {r['query-id']!r}"), qdir)
+                               for r in _parquet(_files(root, "queries"))), "query")  # fmt: skip
+            qrels = {}
+            for r in _parquet(_files(root, "qrels")):
+                where = f"{root / 'qrels'} ({r['query-id']!r}, {r['corpus-id']!r})"
+                qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = _relevance(str(r["score"]), where)
+        except KeyError as exc:
+            raise DatasetError(f"{root}: a parquet table lacks the column {exc.args[0]!r}") from None
         layout = "beir-parquet"
     else:
         tables = sorted(root.glob("*.parquet")) or _files(root, "data")
@@ -146,7 +212,7 @@ def load_dataset(path: str | Path) -> Dataset:
             cid = str(r["image_filename"])
             corpus.setdefault(cid, _image(r["image"], root))
             text = r.get("query")
-            if text:
+            if isinstance(text, str) and has_visible_text(text):  # rows without a question are corpus only
                 qid = ids.setdefault(text, f"q{len(ids)}")
                 queries[qid] = text
                 qrels.setdefault(qid, {})[cid] = 1
@@ -156,6 +222,9 @@ def load_dataset(path: str | Path) -> Dataset:
         raise DatasetError(f"{root}: qrels name {len(unknown)} page(s) not in the corpus, e.g. {unknown[0]!r}")
     if not corpus or not queries:
         raise DatasetError(f"{root}: empty corpus or no queries")
+    missing = [c for c, img in corpus.items() if isinstance(img, str) and not Path(img).is_file()]
+    if len(missing) == len(corpus):
+        raise DatasetError(f"{root}: none of the {len(corpus)} corpus images exists (e.g. {corpus[missing[0]]})")
     return Dataset(root.name, corpus, queries, qrels, layout)
 
 
@@ -330,6 +399,8 @@ def run_dataset(a: argparse.Namespace, path: str) -> dict[str, Any]:
             records, seconds, failures = encode_corpus(model, ds)
             for msg in failures:
                 print(f"[retrieval] error: {msg} (never retrieved)", file=sys.stderr)
+            if not records:  # a table of zeros would read as a result
+                raise DatasetError(f"{path}: no corpus page could be encoded ({len(failures)} failed)")
             query_rows = list(model.embed_queries([ds.queries[q] for q in qids]))
             identity = bundle_identity(model.bundle, precision)
             for setting in settings:
@@ -411,6 +482,17 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _count(text: str) -> int:
+    """argparse type: 0 (all) or more; -1 would slice off the last query."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.retrieval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", nargs="+", help="dataset folder(s) (layouts: this module's docstring); with "
@@ -423,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerank", type=int, default=None, help="two-stage candidates (default: the index's, 100)")
     ap.add_argument("--model", help="PyTorch reference: checkpoint dir or preset (default: the bundle's source)")
     ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
-    ap.add_argument("--limit-queries", type=int, default=0, help="evaluate the first N judged queries only")
+    ap.add_argument("--limit-queries", type=_count, default=0, help="evaluate the first N judged queries only")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--name", help="output file stem (default retrieval-DATASET, or retrieval-N-datasets)")

@@ -454,3 +454,80 @@ def test_invisible_queries_are_empty(capsys, tiny_bundle: Path, two_pages: Path,
     assert code == 2 and "empty query" in _one_line_error(err)
     code, _, err = _run(capsys, "search", "--index", str(idx), "--exact", "--rerank", "5", "total")
     assert code == 2 and "--rerank" in _one_line_error(err)
+
+
+# -- benchmarks.retrieval on malformed datasets (item 13) ----------------------------------------
+
+
+def _edit_file(path: Path, fn) -> None:
+    path.write_bytes(fn(path.read_bytes()))
+
+
+DATASET_EDITS = {
+    # each: (edit of the mini dataset, what the one line says)
+    "qrels score 2.5": (lambda r: _edit_file(r / "qrels" / "test.tsv", lambda b: b.replace(b"\t2\n", b"\t2.5\n")),
+                        "not a whole-number grade"),
+    "no queries.jsonl": (lambda r: (r / "queries.jsonl").unlink(), "queries.jsonl: missing"),
+    "corpus line without _id": (lambda r: _edit_file(r / "corpus.jsonl", lambda b: b.replace(b'"_id"', b'"id"', 1)),
+                                "has no '_id'"),
+    "latin-1 byte": (lambda r: _edit_file(r / "queries.jsonl", lambda b: b.replace(b"total", b"tot\xe4l")),
+                     "not UTF-8"),
+    "empty query": (lambda r: _edit_file(r / "queries.jsonl", lambda b: b.replace(b"total amount due", b" ")),
+                    "query text ' ' is empty"),
+    "text null": (lambda r: _edit_file(r / "queries.jsonl", lambda b: b.replace(b'"total amount due"', b"null")),
+                  "query text None"),
+    "duplicate corpus ids": (lambda r: _edit_file(r / "corpus.jsonl", lambda b: b.replace(b'"revenue"', b'"invoice"')),
+                             "corpus id 'invoice' appears twice"),
+    "every image missing": (lambda r: shutil.rmtree(r / "images"), "none of the 8 corpus images exists"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DATASET_EDITS)
+def test_a_malformed_dataset_is_one_line_before_any_encoding(capsys, tmp_path: Path, case: str) -> None:
+    from benchmarks.retrieval import main as retrieval
+    from benchmarks.retrieval import make_mini
+
+    root = make_mini(tmp_path / "mini")
+    edit, message = DATASET_EDITS[case]
+    edit(root)
+    # A bundle that does not exist: the dataset must be refused before the model is opened.
+    code = retrieval(["--dataset", str(root), "--bundle", str(tmp_path / "no-bundle"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in _one_line_error(err), err
+
+
+def test_a_dataset_read_right_despite_bom_blank_lines_and_grades(tmp_path: Path) -> None:
+    """A BOM dropped the first query; a trailing blank line in test.tsv was fatal; '2.0' crashed."""
+    from benchmarks.retrieval import load_dataset, make_mini
+
+    root = make_mini(tmp_path / "mini")
+    want = load_dataset(root)
+    _edit_file(root / "queries.jsonl", lambda b: b"\xef\xbb\xbf" + b)
+    _edit_file(root / "corpus.jsonl", lambda b: b"\xef\xbb\xbf" + b)
+    _edit_file(root / "qrels" / "test.tsv", lambda b: b.replace(b"\t2\n", b"\t2.0\n") + b"\n\n")
+    got = load_dataset(root)
+    assert (got.queries, got.qrels, got.corpus) == (want.queries, want.qrels, want.corpus)
+
+
+def test_limit_queries_must_not_be_negative(capsys, tmp_path: Path) -> None:
+    from benchmarks.retrieval import main as retrieval
+    from benchmarks.retrieval import make_mini
+
+    root = make_mini(tmp_path / "mini")
+    with pytest.raises(SystemExit) as exc:
+        retrieval(["--dataset", str(root), "--bundle", str(tmp_path), "--limit-queries", "-1"])
+    assert exc.value.code == 2 and "0 (all) or more" in capsys.readouterr().err
+
+
+def test_a_corpus_that_cannot_be_encoded_is_an_error_not_zeros(capsys, tiny_bundle: Path, tmp_path: Path) -> None:
+    from benchmarks.retrieval import main as retrieval
+    from benchmarks.retrieval import make_mini
+
+    root = make_mini(tmp_path / "mini")
+    for png in (root / "images").iterdir():
+        png.write_bytes(b"not a png")
+    code = retrieval(["--dataset", str(root), "--bundle", str(tiny_bundle), "--no-reference", "--settings", "exact",
+                      "--out", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "no corpus page could be encoded (8 failed)" in err
+    assert not (tmp_path / "o").exists()

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 from ..errors import ModelFilesError, QueryError
 from .image import ImagePlan
 
-__all__ = ["MAX_QUERY_TOKENS", "SPECIAL_TOKENS", "VISUAL_PROMPT", "TextTokenizer"]
+__all__ = ["MAX_QUERY_TOKENS", "SPECIAL_TOKENS", "VISUAL_PROMPT", "TextTokenizer", "has_visible_text"]
 
 VISUAL_PROMPT = "<|im_start|>user\n<image>Describe the image.<|im_end|>"
 # Upstream passes max_length=2048 without truncation, i.e. it meant queries to stay below this.
@@ -138,7 +138,7 @@ class TextTokenizer:
     def query_ids(self, query: str, max_tokens: int = MAX_QUERY_TOKENS) -> np.ndarray:
         if not isinstance(query, str):
             raise QueryError(f"a query must be a string, got {type(query).__name__}")
-        if not _visible(query):
+        if not has_visible_text(query):
             raise QueryError("empty query: type some words to search for")
         ids = self.tokenizer.encode(query, add_special_tokens=True).ids
         if len(ids) > max_tokens:
@@ -168,7 +168,7 @@ def pad_batch(sequences: list[np.ndarray], pad_id: int, side: str) -> tuple[np.n
     return ids, mask
 
 
-def _visible(text: str) -> bool:
+def has_visible_text(text: str) -> bool:
     """Whether ``text`` holds a character that shows: a query of spaces, zero-width joiners or bidi
     marks alone (categories Z*, Cc, Cf) would be searched as if it said something."""
     import unicodedata
