@@ -16,7 +16,7 @@ import pytest
 
 from export.demo import SAMPLE_PAGES, render_page
 from runtime.__main__ import main
-from runtime.stores.local.index import Index
+from runtime.stores.local.index import Index, PageRecord
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -531,3 +531,47 @@ def test_a_corpus_that_cannot_be_encoded_is_an_error_not_zeros(capsys, tiny_bund
     err = capsys.readouterr().err
     assert code == 2 and "no corpus page could be encoded (8 failed)" in err
     assert not (tmp_path / "o").exists()
+
+
+# -- lower-severity items ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_index_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
+    """The root was 0700 and segments 0600 (mkdtemp/mkstemp) while index.sqlite was 0644."""
+    ident = {"bundle_path": "/b", "bundle_manifest_sha256": "0" * 64, "bundle_model": "synthetic",
+             "bundle_random_weights": "true", "precision": "fp32", "dim": "128"}  # fmt: skip
+    old = os.umask(mask)
+    try:
+        root = tmp_path / "idx"
+        with Index.create(root, ident) as index, index.writer():
+            rows = np.eye(4, 128, dtype=np.float32)
+            index.add_batch([PageRecord("/a.png", 1, "h", 1, rows)])
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [root, root / "segments", *root.iterdir(),
+                                                        *(root / "segments").iterdir()]}  # fmt: skip
+    assert set(modes.values()) <= {0o777 & ~mask, 0o666 & ~mask}, {k: oct(v) for k, v in modes.items()}
+    assert modes["idx"] == modes["segments"] == 0o777 & ~mask
+
+
+def test_ctrl_c_during_add_is_one_line(capsys, monkeypatch, tiny_bundle: Path, two_pages: Path,
+                                       tmp_path: Path) -> None:  # fmt: skip
+    """A KeyboardInterrupt printed a traceback; the index was fine, and still is."""
+    import runtime.cli.index as cli_index
+
+    real = cli_index.encode_stream
+
+    def interrupted(*args, **kwargs):
+        for n, item in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt  # what SIGINT raises in the main thread, at this point
+            yield item
+
+    monkeypatch.setattr(cli_index, "encode_stream", interrupted)
+    render_page(list(SAMPLE_PAGES.values())[2]).save(two_pages / "third.png")
+    idx = tmp_path / "idx"
+    code, _, err = _run(capsys, "index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--no-progress",
+                        "--commit-pages", "1", str(two_pages))  # fmt: skip
+    assert code == 130 and err.splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
+    assert len(_stored(idx)) == 1  # the first file committed when the second came; the second never did

@@ -49,6 +49,7 @@ def create_atomically(root: Path, build: Callable[[Path], None], what: str) -> N
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 is for its secrecy, not the index's
     except OSError as exc:
         raise os_error(root, exc, f"creating {what}") from exc
     try:
@@ -66,6 +67,21 @@ def create_atomically(root: Path, build: Callable[[Path], None], what: str) -> N
     except sqlite3.Error as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise db_error(root, exc) from exc
+
+
+def umask() -> int:
+    """The process's umask: the index's files and folders follow it, as ``index.sqlite`` (which
+    SQLite creates with 0644 & ~umask) does."""
+    try:  # Linux says it without changing it (setting it, even briefly, races other threads' creates)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def os_error(root: Path, exc: OSError, doing: str) -> StoreError:

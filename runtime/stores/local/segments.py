@@ -123,6 +123,7 @@ class SegmentFiles:
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.dir)
+            os.fchmod(fd, 0o666 & ~durable.umask())  # as a plain open() would: mkstemp's 0600 is for temp files
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
