@@ -335,6 +335,20 @@ def test_imported_names_are_removed_by_name_and_kept_by_missing(capsys, tiny_bun
     assert code == 0 and "removed 1" in out
 
 
+def test_a_file_named_twice_is_encoded_once(capsys, tiny_bundle: Path, two_pages: Path, tmp_path: Path) -> None:
+    """Found by the random walk: ``encode a.png DIR a.png`` wrote a's page three times, and
+    ``index import`` (rightly) refused the npz as damaged."""
+    a = sorted(two_pages.iterdir())[0]
+    (tmp_path / "link.png").symlink_to(a)
+    npz = tmp_path / "twice.npz"
+    enc = ("encode", "--bundle", str(tiny_bundle), "--precision", "fp32", "--out", str(npz))
+    code, out, err = _run(capsys, *enc, str(a), str(two_pages), str(a), str(tmp_path / "link.png"))
+    assert code == 0 and "2 pages" in out, err
+    code, out, err = _run(capsys, "index", "import", "--index", str(tmp_path / "idx"), "--bundle", str(tiny_bundle),
+                          str(npz))  # fmt: skip
+    assert code == 0 and "imported 2 page(s)" in out, err
+
+
 # -- index check beside a writer (item 5) --------------------------------------------------------
 
 WRITER = r"""

@@ -55,17 +55,25 @@ class Failed:
 
 
 def _expand(paths: Sequence[str | os.PathLike]) -> Iterator[Path | Failed]:
+    """The files ``paths`` name, each once: a file named twice (directly and through its folder, or
+    through a link) is one file with one set of pages, as it is stored under its resolved path."""
+    seen: set[Path] = set()
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | {PDF_SUFFIX})
             if not found:
                 yield Failed(str(p), None, f"{p}: folder holds no images or PDFs")
-            yield from found
         elif p.is_file():
-            yield p
+            found = [p]
         else:
             yield Failed(str(p), None, f"{p}: no such file or folder")
+            continue
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                yield f
 
 
 def _pdf_pages(path: Path, data: bytes, digest: str, dpi: int) -> Iterator[PageSource | Failed]:
