@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime.cli.args import whole_number
 from runtime.errors import UserError
 from runtime.preprocess.text import has_visible_text
 
@@ -482,17 +483,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _count(text: str) -> int:
-    """argparse type: 0 (all) or more; -1 would slice off the last query."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.retrieval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", nargs="+", help="dataset folder(s) (layouts: this module's docstring); with "
@@ -505,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerank", type=int, default=None, help="two-stage candidates (default: the index's, 100)")
     ap.add_argument("--model", help="PyTorch reference: checkpoint dir or preset (default: the bundle's source)")
     ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
-    ap.add_argument("--limit-queries", type=_count, default=0, help="evaluate the first N judged queries only")
+    ap.add_argument("--limit-queries", type=whole_number(0, " (all)"), default=0,
+                    help="evaluate the first N judged queries only")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--name", help="output file stem (default retrieval-DATASET, or retrieval-N-datasets)")

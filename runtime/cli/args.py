@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..encoder.runner import ENGINES
@@ -13,7 +14,7 @@ from ..ingest.stream import DEFAULT_BATCH_TILES
 from ..stores.open import STORES
 
 __all__ = ["DEFAULT_COMMIT_PAGES", "backend_arg", "bundle_args", "compact_args", "ingest_args", "path_arg",
-           "positive", "split_backends", "store_args"]  # fmt: skip
+           "positive", "split_backends", "store_args", "whole_number"]  # fmt: skip
 
 # Pages per commit: what a crash can lose at most, and what a commit's fsyncs are spread over.
 DEFAULT_COMMIT_PAGES = 16
@@ -55,15 +56,23 @@ def split_backends(args: argparse.Namespace) -> None:
     args.store = store or (stores[0] if stores else "local")
 
 
-def positive(text: str) -> int:
-    """argparse type: an integer >= 1 (``-k 0``, ``--dpi 0`` are mistakes, not requests)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number(least: int, hint: str = "") -> Callable[[str], int]:
+    """argparse type: an integer >= ``least``; ``hint`` says what the smallest value means."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}{hint}, got {value}")
+        return value
+
+    return parse
+
+
+# ``-k 0``, ``--dpi 0`` are mistakes, not requests.
+positive = whole_number(1)
 
 
 def path_arg(text: str) -> str:
