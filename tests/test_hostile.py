@@ -470,6 +470,43 @@ def test_invisible_queries_are_empty(capsys, tiny_bundle: Path, two_pages: Path,
     assert code == 2 and "--rerank" in _one_line_error(err)
 
 
+def test_add_with_a_bundle_takes_the_index_precision(capsys, tiny_bundle: Path, two_pages: Path, tmp_path: Path,
+                                                     monkeypatch) -> None:  # fmt: skip
+    """Reported: ``index add --bundle B`` on an fp32 index, without --precision, was refused where
+    the machine's default is another precision. (Not reproduced here; kept as a guard.)"""
+    import runtime.encoder.model as encoder_model
+
+    monkeypatch.setattr(encoder_model, "default_precision", lambda *a, **k: "int8")
+    idx = tmp_path / "idx"
+    a, b = sorted(two_pages.iterdir())
+    add = ("index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--no-progress")
+    assert _run(capsys, *add, "--precision", "fp32", str(a))[0] == 0
+    code, out, err = _run(capsys, *add, str(b))
+    assert code == 0 and "added 1 page(s)" in out, err
+    with Index.open(idx) as index:
+        assert index.meta["precision"] == "fp32"
+
+
+def test_int8_rows_do_not_depend_on_the_batch(tiny_bundle: Path, two_pages: Path) -> None:
+    """Dynamic int8 quantises a whole call's activations with one scale: the same page scored 1.6664
+    alone and 1.6755 batched. Such graphs now see one unpadded item at a time."""
+    from PIL import Image
+
+    from runtime.encoder.model import ColLFM2
+
+    model = ColLFM2.from_pretrained(str(tiny_bundle), precision="int8", vision_batch=4)
+    assert model.one_at_a_time == {"vision", "text"}  # the tiny bundle's int8 graphs are dynamic int8
+    images = [Image.open(p).convert("RGB") for p in sorted(two_pages.iterdir())] * 2
+    alone = [next(iter(model.embed_images([im], batch_size=1))) for im in images]
+    batched = list(model.embed_images(images, batch_size=4))
+    for a, b in zip(alone, batched, strict=True):
+        np.testing.assert_array_equal(a, b)
+    queries = ["a", "invoice total due", "what was the revenue of the river table in 2024?"]
+    one_by_one = [next(iter(model.embed_queries([q]))) for q in queries]
+    for a, b in zip(one_by_one, model.embed_queries(queries), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # -- benchmarks.retrieval on malformed datasets (item 13) ----------------------------------------
 
 
@@ -530,7 +567,7 @@ def test_limit_queries_must_not_be_negative(capsys, tmp_path: Path) -> None:
     root = make_mini(tmp_path / "mini")
     with pytest.raises(SystemExit) as exc:
         retrieval(["--dataset", str(root), "--bundle", str(tmp_path), "--limit-queries", "-1"])
-    assert exc.value.code == 2 and "0 (all) or more" in capsys.readouterr().err
+    assert exc.value.code == 2 and "at least 0 (all)" in capsys.readouterr().err
 
 
 def test_a_corpus_that_cannot_be_encoded_is_an_error_not_zeros(capsys, tiny_bundle: Path, tmp_path: Path) -> None:

@@ -138,6 +138,15 @@ class ColLFM2:
         # Input names come from the bundle's graph contract (checked against runtime.bundle.contract).
         self._input_names = check_manifest_contract(str(bundle.path), bundle.manifest.get("contract"))
         self.vision_batch = max(1, int(vision_batch or default_vision_batch(backend)))
+        # ORT's dynamic int8 quantises each activation tensor with one scale for the whole call, so an
+        # item's rows would depend on what shares its batch (and its padding): such graphs see one
+        # item at a time, unpadded, and a page or query gets the same rows however it is batched.
+        graphs = entry.get("graphs") if isinstance(entry, dict) else None
+        self.one_at_a_time = frozenset(
+            g for g, spec in (graphs or {}).items() if isinstance(spec, dict) and spec.get("method") == "dynamic-int8"
+        )
+        if "vision" in self.one_at_a_time:
+            self.vision_batch = 1
 
         emb = entry["embeddings"]
         try:
@@ -238,6 +247,17 @@ class ColLFM2:
 
     def text(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Text graph: [B, S, D] + [B, S] -> [B, S, 128] float32, padded rows 0."""
+        if "text" not in self.one_at_a_time:
+            return self._text(inputs_embeds, attention_mask)
+        mask = np.asarray(attention_mask)
+        out = np.zeros((*mask.shape, self.dim), np.float32)
+        for i in range(mask.shape[0]):
+            real = np.flatnonzero(mask[i])
+            if real.size:
+                out[i, real] = self._text(inputs_embeds[i : i + 1, real], mask[i : i + 1, real])[0]
+        return out
+
+    def _text(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = TEXT.feeds(self._input_names["text"], inputs_embeds, attention_mask, numbers=self.bundle.model)
         out = np.asarray(self.runners["text"].run(feeds)[0], dtype=np.float32)
         if out.shape[-1] != self.dim:  # before a store records vectors of the wrong size
