@@ -1,6 +1,7 @@
 """Search at scale: every index setting on one structured synthetic corpus, side by side.
 
     python benchmarks/bench_scale.py [--pages 10000 100000] [--queries 20] [--settings ...]
+        [--commit-pages 16] [--query-tokens 4 16 32]
         [--bundle BUNDLE --model-pages 40] [--out benchmarks/results] [--name scale]
 
 The corpus is built so that compact representations face what real page embeddings do (random
@@ -17,10 +18,14 @@ Per setting: build seconds, bytes on disk and in RAM (the compact vectors a two-
 holds; for exact search the fp16 vectors it scans), search p50/p95 over the queries (after
 one warm-up query, so memory maps and RAM caches are warm), for two-stage settings also
 ``--exact`` on the same index, recall@10 of the planted pages, and overlap@10 with exact fp16
-search on the same corpus. Qdrant Edge runs at 10k pages and below only (its exact multivector
-query is several times slower than ours; 100k would take hours). With ``--bundle``, a second,
-small corpus: the bundle's own encodings of rendered pages (random weights: only overlap@10
-with exact means anything there; two-stage settings rerank only k = 10 candidates there).
+search on the same corpus, and the MaxSim kernel calls a query makes. Pages are added in
+commits of ``--commit-pages`` (the CLI's default, 16), so the index has the segments a real one
+has. Two-stage settings are also timed with queries of each ``--query-tokens`` count, with the
+share of time in the candidate stage and in the rerank. Qdrant Edge runs at 10k pages and below
+only (its exact multivector query is several times slower than ours; 100k would take hours).
+With ``--bundle``, a second, small corpus: the bundle's own encodings of rendered pages (random
+weights: only overlap@10 with exact means anything there; two-stage settings rerank only k = 10
+candidates there).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime import scoring
+from runtime.cli.args import DEFAULT_COMMIT_PAGES
 from runtime.stores.base import PageRecord
 from runtime.stores.local.index import Index
 
@@ -108,15 +115,20 @@ class Corpus:
             yield [PageRecord(f"/synthetic/{i:06d}.png", 1, f"h{i}", 0, self.page(i), LAYOUT)
                    for i in range(start, min(self.n, start + batch))]  # fmt: skip
 
-    def queries(self, n: int, seed: int = 1) -> tuple[list[np.ndarray], list[int]]:
+    def queries(self, n: int, seed: int = 1, tokens: int = Q_TOKENS) -> tuple[list[np.ndarray], list[int]]:
+        """``n`` queries of ``tokens`` tokens, each planted on one page: 80% of the tokens near its
+        3 topics and its detail (in equal shares), the rest template tokens."""
         rng = np.random.default_rng([self.seed, seed, 99])
         planted = [int(p) for p in rng.choice(self.n, size=n, replace=False)]
+        content = max(1, round(0.8 * tokens))
+        shares = [content // 4 + (j < content % 4) for j in range(4)]
         out = []
         for p in planted:
             topics, detail = self.page_topics(p)
-            dirs = [self.topics[t] for t in topics for _ in range(4)] + [detail] * 4
-            dirs += [self.template[int(rng.integers(0, len(self.template)))] for _ in range(Q_TOKENS - len(dirs))]
-            out.append(_unit(np.stack(dirs) + self._noise(rng, (Q_TOKENS, DIM), 0.6)))
+            near = [*(self.topics[t] for t in topics), detail]
+            dirs = [d for d, m in zip(near, shares, strict=True) for _ in range(m)]
+            dirs += [self.template[int(rng.integers(0, len(self.template)))] for _ in range(tokens - len(dirs))]
+            out.append(_unit(np.stack(dirs) + self._noise(rng, (tokens, DIM), 0.6)))
         return out, planted
 
 
@@ -139,9 +151,49 @@ def _disk_bytes(root: Path) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
+class KernelCalls:
+    """Counts the MaxSim kernel's calls (``runtime.scoring.run_max``) while it is entered."""
+
+    def __enter__(self) -> KernelCalls:
+        self.calls, self._real = 0, scoring.run_max
+
+        def counted(*args: Any, **kwargs: Any) -> np.ndarray:
+            self.calls += 1
+            return self._real(*args, **kwargs)
+
+        scoring.run_max = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        scoring.run_max = self._real
+
+
+def _by_tokens(store: Any, token_queries: dict[int, list[np.ndarray]], kwargs: dict) -> dict[str, Any]:
+    """p50/p95 per query-token count, and the share of time in each stage of a local index."""
+    out = {}
+    for tokens, qs in token_queries.items():
+        times, stages = [], []
+        store.search([qs[0]], k=10, **kwargs)
+        for q in qs:
+            t = time.perf_counter()
+            store.search([q], k=10, **kwargs)
+            times.append(time.perf_counter() - t)
+            stages.append(dict(getattr(getattr(store, "scanner", None), "timings", {})))
+        ms = np.array(times) * 1e3
+        row = {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
+        total = sum(times)
+        for stage in ("candidate", "rerank"):
+            if stages and all(stage in st for st in stages):
+                row[f"{stage}_share"] = sum(st[stage] for st in stages) / total
+        out[str(tokens)] = row
+    return out
+
+
 def run_setting(name: str, corpus_records: Callable[[], Iterator[list[PageRecord]]], queries: list[np.ndarray],
                 planted: list[int] | None, exact_top: list[list[str]] | None, tmp: Path,
-                names: list[str], rerank: int | None = None) -> tuple[dict[str, Any], list[list[str]]]:  # fmt: skip
+                names: list[str], rerank: int | None = None,
+                token_queries: dict[int, list[np.ndarray]] | None = None,
+                ) -> tuple[dict[str, Any], list[list[str]]]:  # fmt: skip
     kind, compact, keep, kwargs = SETTINGS[name]
     if rerank is not None and "rerank" in kwargs:
         kwargs = {**kwargs, "rerank": rerank}
@@ -154,11 +206,12 @@ def run_setting(name: str, corpus_records: Callable[[], Iterator[list[PageRecord
     build = time.perf_counter() - t0
     store.search([queries[0]], k=10, **kwargs)  # warm: maps, page cache, the kernel's session
     times, tops = [], []
-    for q in queries:
-        t = time.perf_counter()
-        hits = store.search([q], k=10, **kwargs)[0]
-        times.append(time.perf_counter() - t)
-        tops.append([h.path for h in hits])
+    with KernelCalls() as kernel:
+        for q in queries:
+            t = time.perf_counter()
+            hits = store.search([q], k=10, **kwargs)[0]
+            times.append(time.perf_counter() - t)
+            tops.append([h.path for h in hits])
     exact_times = []
     if compact and keep and kind == "local":  # the target's ratio: --exact on this same index
         for q in queries[: max(3, len(queries) // 4)]:
@@ -170,7 +223,10 @@ def run_setting(name: str, corpus_records: Callable[[], Iterator[list[PageRecord
         "build_s": round(build, 1), "disk_bytes": _disk_bytes(root), "ram_bytes": _ram_bytes(store, kind),
         "search_p50_ms": float(np.percentile(np.array(times) * 1e3, 50)),
         "search_p95_ms": float(np.percentile(np.array(times) * 1e3, 95)),
+        "kernel_calls_per_query": kernel.calls / len(queries) if kind == "local" else None,
     }  # fmt: skip
+    if token_queries and compact and kind == "local":
+        out["by_query_tokens"] = _by_tokens(store, token_queries, kwargs)
     if exact_times:
         out["exact_same_index_p50_ms"] = float(np.percentile(np.array(exact_times) * 1e3, 50))
         out["speedup_vs_exact_same_index"] = out["exact_same_index_p50_ms"] / out["search_p50_ms"]
@@ -186,7 +242,8 @@ def run_setting(name: str, corpus_records: Callable[[], Iterator[list[PageRecord
 
 def run_corpus(label: str, records: Callable[[], Iterator[list[PageRecord]]], n_pages: int, queries: list[np.ndarray],
                planted: list[int] | None, names: list[str], settings: list[str], tmp: Path,
-               rerank: int | None = None, qdrant_max_pages: int = QDRANT_MAX_PAGES) -> dict[str, Any]:  # fmt: skip
+               rerank: int | None = None, qdrant_max_pages: int = QDRANT_MAX_PAGES,
+               token_queries: dict[int, list[np.ndarray]] | None = None) -> dict[str, Any]:  # fmt: skip
     rows: dict[str, Any] = {}
     exact_top = None
     for name in ["exact-fp16", *[s for s in settings if s != "exact-fp16"]]:
@@ -194,7 +251,8 @@ def run_corpus(label: str, records: Callable[[], Iterator[list[PageRecord]]], n_
             continue
         print(f"[{label}] {name} ...", flush=True)
         try:
-            rows[name], tops = run_setting(name, records, queries, planted, exact_top, tmp, names, rerank)
+            rows[name], tops = run_setting(name, records, queries, planted, exact_top, tmp, names, rerank,
+                                           token_queries)  # fmt: skip
         except Exception as exc:  # one setting failing (e.g. scipy missing) must not lose the others
             rows[name] = {"error": " ".join(str(exc).split())}
             continue
@@ -203,7 +261,8 @@ def run_corpus(label: str, records: Callable[[], Iterator[list[PageRecord]]], n_
             rows[name]["overlap_at_10"] = 1.0
         r = rows[name]
         print(f"   build {r['build_s']} s, p50 {r['search_p50_ms']:.1f} ms, recall@10 {r.get('recall_at_10', '-')}, "
-              f"overlap@10 {r.get('overlap_at_10', '-')}", flush=True)  # fmt: skip
+              f"overlap@10 {r.get('overlap_at_10', '-')}, kernel calls {r.get('kernel_calls_per_query')}, "
+              f"{r.get('by_query_tokens', '')}", flush=True)  # fmt: skip
     fp16 = rows["exact-fp16"]["ram_bytes"]
     for r in rows.values():
         if "ram_bytes" in r and r["ram_bytes"] >= 0:
@@ -244,11 +303,11 @@ def table(result: dict[str, Any]) -> str:
     for label, corpus in _ordered(result):
         lines += [f"## {label}: {corpus['pages']:,} pages, {corpus['queries']} queries", "",
                   "| setting | build s | disk MB | RAM MB (x fp16) | search p50 / p95 ms | x exact "
-                  "| x --exact, same index | recall@10 | overlap@10 |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| x --exact, same index | recall@10 | overlap@10 | kernel calls / query |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in corpus["settings"].items():
             if "error" in r:
-                lines.append(f"| {name} | failed: {r['error']} | | | | | | | |")
+                lines.append(f"| {name} | failed: {r['error']} | | | | | | | | |")
                 continue
             ram = "-" if r["ram_bytes"] < 0 else f"{r['ram_bytes'] / 1e6:,.0f} ({r['ram_vs_fp16']:.2f})"
             recall = f"{r['recall_at_10']:.2f}" if "recall_at_10" in r else "-"
@@ -256,12 +315,25 @@ def table(result: dict[str, Any]) -> str:
             mark = " †" if "exact_p50_ms_this_run" in r else ""
             lines.append(f"| {name}{mark} | {r['build_s']} | {r['disk_bytes'] / 1e6:,.0f} | {ram} | "
                          f"{r['search_p50_ms']:.1f} / {r['search_p95_ms']:.1f} | {r['speedup_vs_exact']:.1f} | "
-                         f"{same} | {recall} | {r['overlap_at_10']:.2f} |")  # fmt: skip
+                         f"{same} | {recall} | {r['overlap_at_10']:.2f} | {_calls(r)} |")  # fmt: skip
+        tokens = [(name, r["by_query_tokens"]) for name, r in corpus["settings"].items() if "by_query_tokens" in r]
+        if tokens:
+            lines += ["", "| setting | query tokens | p50 / p95 ms | time in candidate / rerank |", "|---|---|---|---|"]
+            for name, by in tokens:
+                for t, row in by.items():
+                    share = (f"{row['candidate_share']:.0%} / {row.get('rerank_share', 0):.0%}"
+                             if "candidate_share" in row else "-")  # fmt: skip
+                    lines.append(f"| {name} | {t} | {row['p50_ms']:.1f} / {row['p95_ms']:.1f} | {share} |")
         if any("exact_p50_ms_this_run" in r for r in corpus["settings"].values()):
             lines += ["", "† measured in a second run (`--append`); its x exact is against that run's own exact "
                       "search, overlap against that run's exact top 10."]  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _calls(r: dict[str, Any]) -> str:
+    calls = r.get("kernel_calls_per_query")
+    return "-" if calls is None else f"{calls:,.0f}"
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
@@ -299,6 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--bundle", type=Path, help="also the bundle's own encodings of rendered pages")
     ap.add_argument("--model-pages", type=int, default=40)
+    ap.add_argument(
+        "--commit-pages",
+        type=int,
+        default=DEFAULT_COMMIT_PAGES,
+        help=f"pages per commit, so per segment (default {DEFAULT_COMMIT_PAGES}, as index add/import)",
+    )
+    ap.add_argument("--query-tokens", type=int, nargs="*", default=[4, 16, 32],
+                    help="two-stage settings are also timed with queries of these token counts")  # fmt: skip
     ap.add_argument("--tmp", type=Path, default=None, help="where indexes are built (needs ~8 GB at 100k pages)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--name", default="scale")
@@ -320,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "schema": "collfm2-edge-scale/1",
+        "commit_pages": a.commit_pages,
         "machine": {"cpu": cpu_name(), "cpu_class": cpu_class(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__},
         "corpora": {},
@@ -350,9 +431,11 @@ def main(argv: list[str] | None = None) -> int:
         for n in a.pages:
             corpus = Corpus(n)
             queries, planted = corpus.queries(a.queries)
+            token_queries = {t: corpus.queries(a.queries, tokens=t)[0] for t in a.query_tokens}
             names = [f"/synthetic/{i:06d}.png" for i in range(n)]
-            got = run_corpus(f"synthetic-{n}", corpus.records, n, queries, planted, names, a.settings, Path(tmp),
-                             qdrant_max_pages=a.qdrant_max_pages)  # fmt: skip
+            got = run_corpus(f"synthetic-{n}", lambda c=corpus: c.records(a.commit_pages), n, queries, planted, names,
+                             a.settings, Path(tmp), qdrant_max_pages=a.qdrant_max_pages,
+                             token_queries=token_queries)  # fmt: skip
             merge(f"synthetic-{n}", got)
             write()
         if a.bundle:

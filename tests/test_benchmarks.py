@@ -118,4 +118,8 @@ def test_scale_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
     assert rows["exact-fp16"]["recall_at_10"] == 1.0  # the planted pages are findable
     assert rows["rowcol-2stage"]["ram_vs_fp16"] < 0.25 and "speedup_vs_exact_same_index" in rows["rowcol-2stage"]
     assert rows["pool12-2stage"]["overlap_at_10"] == 1.0  # 100 reranked of 300: the exact top 10 survive
+    by = rows["pool12-2stage"]["by_query_tokens"]
+    assert set(by) == {"4", "16", "32"} and all(0 < t["candidate_share"] + t["rerank_share"] <= 1 for t in by.values())
+    assert r["commit_pages"] == 16 and rows["exact-fp16"]["kernel_calls_per_query"] >= 300 / 16  # a call per segment
+    assert 1 <= rows["pool12-2stage"]["kernel_calls_per_query"] < rows["exact-fp16"]["kernel_calls_per_query"]
     assert "| rowcol-2stage |" in (tmp_path / "s.md").read_text()

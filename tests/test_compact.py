@@ -349,3 +349,49 @@ def test_search_plan_is_reused_until_any_connection_commits(tmp_path: Path) -> N
     assert all(h.path != "/p/9.png" for h in reader.search([q], k=10)[0])  # and this connection's own
     assert reader.scanner._plans[True] is not plan
     reader.close()
+
+
+@pytest.mark.parametrize("kind", ["rowcol", "int8", "binary"])
+def test_candidate_packs_score_every_page_by_its_own_vectors(tmp_path: Path, monkeypatch, kind: str) -> None:
+    """The candidate stage scores packs of many segments in one call each: every page still gets
+    the MaxSim of its own compact vectors, through removed pages' dead rows, pages sharing rows,
+    and commits that keep full packs and rebuild the tail."""
+    from runtime.stores.local import scan
+
+    rng = np.random.default_rng(11)
+    recs = [_page(rng, i) for i in range(24)]
+    comp = Compaction.parse(kind)
+    pack_rows = 5 * len(comp.encode(recs[0].embeddings, recs[0].layout))
+    monkeypatch.setattr(scan, "PACK_ROWS", pack_rows)  # three two-page segments a pack
+    index = Index.create(tmp_path / "idx", IDENTITY, kind, keep_originals=False)  # scores are the candidates'
+    with index.writer():
+        for i in range(0, 20, 2):  # a segment per two pages
+            index.add_batch(recs[i : i + 2])
+        index.add_batch([PageRecord("/copy/3.png", 1, "h3", 10, None, ((3, 8, 6),))])  # shares /p/3's rows
+        index.remove(["/p/2.png", "/p/8.png", "/p/9.png"])  # dead rows inside a pack; a whole segment gone
+    alive = {r.path: r for r in recs[:20] if r.path not in ("/p/2.png", "/p/8.png", "/p/9.png")}
+    alive["/copy/3.png"] = recs[3]
+    q = recs[3].embeddings[:6] + 0.3 * rng.standard_normal((6, 128)).astype(np.float32)
+
+    def check() -> None:
+        hits = index.search([q], k=100)[0]
+        got = {h.path: h.score for h in hits}
+        assert set(got) == set(alive)
+        for path, r in alive.items():
+            want = score([q], [comp.to_float(comp.encode(r.embeddings, r.layout), 128).astype(np.float32)])[0, 0]
+            assert got[path] == pytest.approx(float(want), rel=1e-5, abs=1e-6), path
+
+    check()
+    packs = index.scanner._packs
+    assert len(packs) > 2 and sum(len(p.segs) for p in packs) == 9
+    full = [p for p in packs if len(p.data) >= pack_rows]
+    assert full and all(len(p.segs) > 1 for p in full)
+    for p in full:  # the segments' own copies are views of their pack: RAM holds each vector once
+        for seg, cfile in p.segs:
+            assert np.shares_memory(index.segments._maps[(seg, cfile)], p.data)
+    with index.writer():
+        index.add_batch(recs[20:22])
+    alive.update({r.path: r for r in recs[20:22]})
+    check()
+    assert all(any(p is q for q in index.scanner._packs) for p in full)  # full packs survive a commit
+    index.close()

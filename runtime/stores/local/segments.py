@@ -188,6 +188,14 @@ class SegmentFiles:
             self.verify(seg_id, cfile, data, "csha256")
         return data
 
+    def adopt(self, seg_id: int, cfile: str, data: np.ndarray) -> None:
+        """Hold a segment's compact vectors as ``data`` (the same bytes, in a search's pack) instead
+        of the array read from the file, so RAM holds them once."""
+        key = (seg_id, cfile)
+        if self._maps[key].shape != data.shape:
+            raise StoreError(f"{self.dir / cfile}: pack holds {data.shape}, the file {self._maps[key].shape}")
+        self._maps[key] = data
+
     def verify(self, seg_id: int, file: str, arr: Any, column: str = "sha256") -> None:
         digest = self._digest(seg_id, column)
         if hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest() != digest:
