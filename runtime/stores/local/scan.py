@@ -268,8 +268,9 @@ class Scanner:
         kind, dim = self.compaction, self.segments.dim
         decode = None if kind.is_fp16 else (lambda data: kind.to_float(data, dim))
         for ps in plan.packs:
-            data = ps.pack.data
-            arr = kind.to_float(data, dim) if kind.is_fp16 else data
+            if len(ps.offsets) < 2:  # only vector-less pages: they score 0
+                continue
+            arr = kind.to_float(ps.pack.data, dim) if kind.is_fp16 else ps.pack.data
             s = score_packed(queries, arr, ps.offsets, decode=decode)[:, ps.doc]
             if not np.isfinite(s).all():
                 bad = [plan.rows[i] for i in ps.idx[~np.isfinite(s).all(axis=0)]]
@@ -288,6 +289,8 @@ def _pack_spans(pack: _Pack, rows: list[tuple], by_seg: dict[int, list[int]]) ->
     count = np.array([rows[i][10] for i in idx], np.int64)
     live = count > 0
     idx, start, count = idx[live], start[live], count[live]
+    if not len(idx):
+        return _PackSpans(pack, np.zeros(1, np.int64), idx, idx)
     spans, doc = np.unique(np.stack([start, count], axis=1), axis=0, return_inverse=True)
     lo, hi = spans[:, 0], spans[:, 0] + spans[:, 1]
     if np.any(hi[:-1] > lo[1:]):
