@@ -394,4 +394,12 @@ def test_candidate_packs_score_every_page_by_its_own_vectors(tmp_path: Path, mon
     alive.update({r.path: r for r in recs[20:22]})
     check()
     assert all(any(p is q for q in index.scanner._packs) for p in full)  # full packs survive a commit
+    index.segments.keep_only(set())  # what an exact search's plan does to the compact vectors
+    with index.writer():  # a commit, so the next search plans again and reads the segments again
+        index.add_batch(recs[22:24])
+    alive.update({r.path: r for r in recs[22:24]})
+    check()  # the segments read again are held as the surviving packs' views, not as second copies
+    for p in full:
+        for seg, cfile in p.segs:
+            assert np.shares_memory(index.segments._maps[(seg, cfile)], p.data)
     index.close()

@@ -232,6 +232,10 @@ class Scanner:
             if p is not None and tuple((s, f) for s, f, _ in segments[i : i + len(p.segs)]) == p.segs:
                 flush()
                 out.append(p)
+                # An exact search's plan evicts compact vectors, so a segment may have been read
+                # again since: hold the pack's view, not a second copy.
+                for s, f, d in segments[i : i + len(p.segs)]:
+                    self.segments.adopt(s, f, p.data[p.base[s] : p.base[s] + len(d)])
                 i += len(p.segs)
                 continue
             pending.append((seg, cfile, data))
