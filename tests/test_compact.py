@@ -403,3 +403,31 @@ def test_candidate_packs_score_every_page_by_its_own_vectors(tmp_path: Path, mon
         for seg, cfile in p.segs:
             assert np.shares_memory(index.segments._maps[(seg, cfile)], p.data)
     index.close()
+
+
+def test_overlapping_spans_still_score_each_page_by_its_own_vectors(tmp_path: Path) -> None:
+    """Spans that overlap can only come from a damaged catalog; the pack then scores each span as
+    its own copy, so every page still gets the MaxSim of the rows it points at."""
+    import sqlite3
+
+    rng = np.random.default_rng(12)
+    recs = [_page(rng, i) for i in range(4)]
+    comp = Compaction.parse("rowcol")
+    with Index.create(tmp_path / "idx", IDENTITY, "rowcol", keep_originals=False) as index, index.writer():
+        index.add_batch(recs)
+    conn = sqlite3.connect(tmp_path / "idx" / DB)
+    with conn:  # /p/1 now starts one vector early, inside /p/0's span
+        conn.execute("UPDATE pages SET c_start = c_start - 1 WHERE path = ?", (b"/p/1.png",))
+    spans = dict(conn.execute("SELECT path, segment || ',' || c_start || ',' || c_count FROM pages"))
+    conn.close()
+    q = recs[1].embeddings[:5]
+    with Index.open(tmp_path / "idx") as index:
+        got = {h.path: h.score for h in index.search([q], k=10)[0]}
+        for path, span in spans.items():
+            seg, start, count = (int(x) for x in span.split(","))
+            sql = "SELECT cfile, crows FROM segments WHERE id = ?"
+            cfile, crows = index.catalog.conn.execute(sql, (seg,)).fetchone()
+            rows = index.segments.compact(seg, cfile, crows)[start : start + count]
+            want = score([q], [comp.to_float(rows, 128).astype(np.float32)])[0, 0]
+            name = path.decode() if isinstance(path, bytes) else path
+            assert got[name] == pytest.approx(float(want), rel=1e-5, abs=1e-6), name

@@ -210,6 +210,8 @@ class Scanner:
         size = 0  # rows in pending
 
         def flush() -> None:
+            nonlocal size
+            size = 0
             if not pending:
                 return
             if len(pending) == 1:  # one segment: the pack is its array, no copy
@@ -239,7 +241,7 @@ class Scanner:
                 i += len(p.segs)
                 continue
             pending.append((seg, cfile, data))
-            size = len(data) + (size if len(pending) > 1 else 0)
+            size += len(data)
             if size >= PACK_ROWS:
                 flush()
             i += 1
