@@ -152,20 +152,28 @@ def _disk_bytes(root: Path) -> int:
 
 
 class KernelCalls:
-    """Counts the MaxSim kernel's calls (``runtime.scoring.run_max``) while it is entered."""
+    """Counts the MaxSim kernels' calls (``runtime.scoring.run_max``, and ``run_codes`` of the
+    candidate stage) while it is entered."""
+
+    NAMES = ("run_max", "run_codes")
 
     def __enter__(self) -> KernelCalls:
-        self.calls, self._real = 0, scoring.run_max
+        self.calls, self._real = 0, {name: getattr(scoring, name) for name in self.NAMES}
 
-        def counted(*args: Any, **kwargs: Any) -> np.ndarray:
-            self.calls += 1
-            return self._real(*args, **kwargs)
+        def counting(real: Any) -> Any:
+            def counted(*args: Any, **kwargs: Any) -> np.ndarray:
+                self.calls += 1
+                return real(*args, **kwargs)
 
-        scoring.run_max = counted
+            return counted
+
+        for name, real in self._real.items():
+            setattr(scoring, name, counting(real))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        scoring.run_max = self._real
+        for name, real in self._real.items():
+            setattr(scoring, name, real)
 
 
 def _by_tokens(store: Any, token_queries: dict[int, list[np.ndarray]], kwargs: dict) -> dict[str, Any]:

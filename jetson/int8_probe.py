@@ -11,8 +11,11 @@ for 8-bit weights (255 x 127: every pair sum overflows int16) and for the 7-bit 
 arithmetic. Measured (docs/cpu-classes.md): AVX2's ``vpmaddubsw`` clips the first and not the
 second; the SSE4.1 kernel, aarch64 ``sdot``/``udot`` and VNNI's ``vpdpbusd`` (under Bochs,
 ``jetson/bochs_vnni.py``) clip neither. So the probe shows which kernel class really ran, and the
-selftest shows the recipe's answers there. Runtime dependencies only (numpy, onnxruntime), so it
-runs under emulators (``qemu-x86_64 -cpu ...``, ``jetson/qemu_run.sh``, ``jetson/bochs_vnni.py``).
+selftest shows the recipe's answers there. ``candidates`` does the same for the search's candidate
+kernel (``runtime.scoring.score_codes``): its error against exact integers with the query codes
+it uses (+-64) and with 8-bit ones, and a hash of its scores, which must be every CPU's. Runtime
+dependencies only (numpy, onnxruntime), so it runs under emulators (``qemu-x86_64 -cpu ...``,
+``jetson/qemu_run.sh``, ``jetson/bochs_vnni.py``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,41 @@ def probe(folder: Path) -> dict[str, float]:
     return out
 
 
+def candidate_inputs() -> tuple:
+    """The candidate kernel's worst case: row codes at 0/255 and queries whose codes hit the limit."""
+    from runtime import scoring
+
+    rng = np.random.default_rng(0)
+    codes = rng.choice(np.array([0, 1, 127, 128, 254, 255], np.uint8), size=(2048, 128))
+    queries = [np.where(rng.random((20, 128)) < 0.5, -1.0, 1.0).astype(np.float32) for _ in range(2)]
+    layout = scoring.CodeLayout.build(np.arange(0, len(codes) + 1, 16))
+    return queries, codes, np.full(len(codes), 1 / 127, np.float32), layout
+
+
+def candidates() -> dict[str, float | str]:
+    """The candidate kernel's graph against exact integers, for query codes within +-64 (what it
+    uses) and +-127, and the sha256 of ``score_codes`` on ``candidate_inputs`` (the same on every
+    CPU, or a bug)."""
+    import hashlib
+
+    from runtime import scoring
+
+    queries, codes, scale, layout = candidate_inputs()
+    ones = np.ones((len(codes), 1), np.float32)  # float32 holds these int32 sums exactly
+    pieces = np.arange(len(codes), dtype=np.int32)[:, None]
+    sess = scoring._session("codes", 1)
+    rng = np.random.default_rng(1)
+    out: dict[str, float | str] = {}
+    for name, top in (("q7", scoring.QUERY_CODE_MAX), ("q8", 127)):
+        q = np.where(rng.random((128, N)) < 0.5, -top, top).astype(np.int8)
+        exact = (codes.astype(np.int64) - scoring.ROW_ZERO) @ q.astype(np.int64)
+        got = sess.run(None, {"codes": codes, "queries_t": q, "scale": ones, "pieces": pieces})[0]
+        out[name] = float(np.abs(got - exact).max() / np.abs(exact).max())
+    got = scoring.score_codes(queries, codes, scale, layout, threads=1)
+    out["sha256"] = hashlib.sha256(got.tobytes()).hexdigest()
+    return out
+
+
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from runtime.cpu import cpu_class, cpu_features
@@ -85,6 +123,7 @@ def main(argv: list[str]) -> int:
         "cpu_class": cpu_class(),
         "features": sorted(f for f in feats if f in ("AVX2", "AVX512F", "AVX512VNNI", "AVXVNNI", "ASIMDDP")),
         "saturation": probe(folder),
+        "candidates": candidates(),
     }
     if len(argv) == 2:
         report["selftest"] = selftest(Path(argv[1]), ["fp32", "int8"], "ort-cpu", 1)

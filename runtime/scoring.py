@@ -15,13 +15,23 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError
 from .workers import shared_pool
 
-__all__ = ["as_item_list", "run_max", "score", "score_packed"]
+__all__ = [
+    "CodeLayout",
+    "as_item_list",
+    "quantize_rows",
+    "run_codes",
+    "run_max",
+    "score",
+    "score_codes",
+    "score_packed",
+]
 
 # The MaxSim kernel as a 4-node ONNX graph (opset 18), one per document dtype:
 #   best[n, q] = ReduceMax(Reshape(float32(docs) @ queries_t, shape), axis=1)
@@ -55,16 +65,17 @@ _session_lock = threading.Lock()
 _sessions: dict = {}
 
 
-def _session(dtype: np.dtype, threads: int = 0):  # -> onnxruntime.InferenceSession | None
+def _session(kind: np.dtype | str, threads: int = 0):  # -> onnxruntime.InferenceSession | None
     with _session_lock:
-        key = (dtype, threads)
+        key = (kind, threads)
         if key not in _sessions:
             try:
                 from .sessions import ort_session
 
                 # The arena stays on here: the kernel's blocks are small and the same size run after
                 # run, so it reuses one block's buffers instead of allocating per call.
-                _sessions[key] = ort_session(_MAXSIM_ONNX[dtype], threads, arena=True, quiet=True)
+                graph = _CODES_ONNX if isinstance(kind, str) else _MAXSIM_ONNX[kind]
+                _sessions[key] = ort_session(graph, threads, arena=True, quiet=True)
             except Exception:  # onnxruntime missing or broken: numpy still gives the same numbers
                 _sessions[key] = None
         return _sessions[key]
@@ -223,5 +234,163 @@ def score_packed(
     if clamp:
         np.maximum(best, 0.0, out=best)
     best[lengths == 0] = 0.0
+    out[live] = np.add.reduceat(best, q_starts, axis=1).T
+    return out
+
+
+# -- the candidate stage's kernel: quantized rows, exact integer dot products ---------------------
+#
+# Two-stage search scores every page's compact vectors per query, so this loop is the search's
+# cost at scale. ONNX Runtime's fp16 -> fp32 Cast runs on one thread at ~4 G elements/s, which
+# alone took 40 of a 100k-page query's ~70 ms; an integer GEMM reads half the bytes and converts
+# nothing. Rows are uint8 codes with a per-row scale (row ~= (codes - 128) * scale), queries int8
+# with a per-token scale, and ``MatMulInteger`` gives exact int32 dot products on every CPU class:
+# query codes stay within +-64, so a uint8 x int8 pair sum never exceeds int16 (AVX2's vpmaddubsw
+# saturates there; VNNI, AMX and the Arm dot products accumulate in int32 anyway). The graph:
+#   sims   = float32(MatMulInteger(codes, queries_t, zero point 128)) * scale
+#   best[p, q] = ReduceMax(Gather(sims, pieces), axis=1)
+# ``pieces`` [p, piece] lists each document's rows in pieces of at most ``PIECE_ROWS`` (a short
+# piece repeats its document's last row, which leaves the max unchanged), so documents of any
+# mix of lengths are scored in one call per block; numpy takes the max over a long document's
+# pieces. The bytes are rebuilt with onnx.helper in tests/test_scoring.py.
+_CODES_ONNX = base64.b64decode(
+    "CAkSDGNvbGxmbTItZWRnZTqmAwotCgVjb2RlcwoJcXVlcmllc190CgR6ZXJvEgRkb3RzIg1NYXRNdWxJbnRlZ2VyCiEKBGRvdHMS"
+    "CGRvdHNfZjMyIgRDYXN0KgkKAnRvGAGgAQIKHAoIZG90c19mMzIKBXNjYWxlEgRzaW1zIgNNdWwKLgoEc2ltcwoGcGllY2VzEglw"
+    "ZXJfcGllY2UiBkdhdGhlcioLCgRheGlzGACgAQIKMwoJcGVyX3BpZWNlCgRheGlzEgRiZXN0IglSZWR1Y2VNYXgqDwoIa2VlcGRp"
+    "bXMYAKABAhIMbWF4c2ltX2NvZGVzKgwQAioCgAFCBHplcm8qDQgBEAc6AQFCBGF4aXNaHgoFY29kZXMSFQoTCAISDwoGEgRyb3dz"
+    "CgUSA2RpbVofCglxdWVyaWVzX3QSEgoQCAMSDAoFEgNkaW0KAxIBcVobCgVzY2FsZRISChAIARIMCgYSBHJvd3MKAggBWiUKBnBp"
+    "ZWNlcxIbChkIBhIVCgoSCHBpZWNlc19uCgcSBXBpZWNlYh8KBGJlc3QSFwoVCAESEQoKEghwaWVjZXNfbgoDEgFxQgQKABAS"
+)
+ROW_ZERO = 128  # uint8 code of 0.0
+ROW_CODE_MAX = 127
+QUERY_CODE_MAX = 64
+PIECE_ROWS = 32
+# Rows per kernel call (whole documents): a search's packs (~64k rows) are one call each; the
+# int32 and float32 similarities of 128k rows at 32 query tokens are 16 MB each. Blocks of 32k /
+# 64k / 128k rows: 147 / 120 / 110 ms over 100k pages (synthetic, 2 busy cores: ratios only).
+CODE_BLOCK_ROWS = 1 << 17
+
+
+def quantize_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float rows [n, dim] -> (codes uint8 [n, dim], scale float32 [n]) with
+    ``row ~= (codes - 128) * scale`` (each row's largest magnitude maps to 127). A row with a
+    non-finite value gets scale NaN, so every document holding it scores NaN."""
+    rows = np.asarray(rows, dtype=np.float32)
+    peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows), np.float32)
+    finite = np.isfinite(peak)
+    scale = np.where(finite, peak / np.float32(ROW_CODE_MAX), np.float32(np.nan)).astype(np.float32)
+    div = np.where(finite & (peak > 0), scale, np.float32(1))[:, None]
+    codes = np.rint(np.where(finite[:, None], rows, np.float32(0)) / div)
+    np.clip(codes, -ROW_CODE_MAX, ROW_CODE_MAX, out=codes)
+    return (codes + ROW_ZERO).astype(np.uint8), scale
+
+
+def _quantize_queries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Query rows [Nq, dim] -> (codes int8 [dim, Nq] within +-64, per-token scale float32 [Nq]); a
+    non-finite token gets scale NaN."""
+    peak = np.abs(q).max(axis=1)
+    finite = np.isfinite(peak)
+    scale = np.where(finite, peak / np.float32(QUERY_CODE_MAX), np.float32(np.nan)).astype(np.float32)
+    div = np.where(finite & (peak > 0), scale, np.float32(1))[:, None]
+    codes = np.clip(np.rint(np.where(finite[:, None], q, np.float32(0)) / div), -QUERY_CODE_MAX, QUERY_CODE_MAX)
+    return np.ascontiguousarray(codes.astype(np.int8).T), scale
+
+
+@dataclass(frozen=True)
+class _CodeBlock:
+    lo: int  # rows lo:hi of the codes
+    hi: int
+    docs: np.ndarray  # the block's documents with rows (empty ones score 0)
+    pieces: np.ndarray  # [p, piece] int32 row numbers relative to lo
+    firsts: np.ndarray | None  # each document's first piece; None when every document is one piece
+
+
+@dataclass(frozen=True)
+class CodeLayout:
+    """How ``score_codes`` reads documents stored back to back (document ``j`` is rows
+    ``offsets[j]:offsets[j+1]``): built once per set of offsets, since it costs about as much as
+    a search's kernel calls."""
+
+    offsets: np.ndarray
+    blocks: tuple[_CodeBlock, ...]
+
+    @classmethod
+    def build(cls, offsets: np.ndarray, block_rows: int = CODE_BLOCK_ROWS) -> CodeLayout:
+        offsets = np.asarray(offsets, dtype=np.int64)
+        n_docs = len(offsets) - 1
+        blocks, a = [], 0
+        while a < n_docs:
+            b = max(a + 1, int(np.searchsorted(offsets, offsets[a] + block_rows, side="right")) - 1)
+            b = min(b, n_docs)
+            lo, hi = int(offsets[a]), int(offsets[b])
+            lengths = np.diff(offsets[a : b + 1])
+            docs = np.flatnonzero(lengths > 0)
+            if len(docs):
+                lengths = lengths[docs]
+                piece = int(min(lengths.max(), PIECE_ROWS))
+                n_pieces = -(-lengths // piece)
+                firsts = np.cumsum(n_pieces) - n_pieces
+                doc_of = np.repeat(np.arange(len(docs)), n_pieces)
+                start = offsets[a + docs][doc_of] + (np.arange(len(doc_of)) - firsts[doc_of]) * piece
+                last = offsets[a + docs + 1][doc_of] - 1
+                rows = np.minimum(start[:, None] + np.arange(piece), last[:, None]) - lo
+                blocks.append(_CodeBlock(lo, hi, a + docs, rows.astype(np.int32),
+                                         firsts if len(doc_of) > len(docs) else None))  # fmt: skip
+            a = b
+        return cls(offsets, tuple(blocks))
+
+
+def run_codes(
+    codes: np.ndarray, queries_t: np.ndarray, scale: np.ndarray, pieces: np.ndarray, threads: int = 0
+) -> np.ndarray:
+    """One call of the candidate kernel: ``max over each piece's rows of (codes - 128) @ queries_t
+    * scale``, [pieces, Nq] float32 (codes uint8 [n, dim], queries_t int8 [dim, Nq], scale [n],
+    pieces int32 [p, piece] row numbers)."""
+    session = _session("codes", threads)
+    s = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1, 1)
+    if session is not None:
+        feeds = {"codes": np.ascontiguousarray(codes), "queries_t": queries_t, "scale": s, "pieces": pieces}
+        return session.run(None, feeds)[0]
+    # the same integers and the same one rounding per product as the graph
+    dots = (codes.astype(np.int32) - ROW_ZERO) @ queries_t.astype(np.int32)
+    return (dots.astype(np.float32) * s)[pieces].max(axis=1)
+
+
+def score_codes(
+    queries: ArrayOrList,
+    codes: np.ndarray,
+    scale: np.ndarray,
+    layout: CodeLayout,
+    decode: Callable[[np.ndarray], np.ndarray] | None = None,
+    threads: int = 0,
+) -> np.ndarray:
+    """Approximate MaxSim of queries against documents of quantized rows (``quantize_rows``), laid
+    out as ``layout`` says: [n_queries, n_documents] float32. ``decode`` turns a block of stored
+    rows into codes (sign bits, which would take 8x the RAM as codes). The integer products are
+    exact, so every CPU gives the same numbers, bit for bit, as the numpy fallback. An empty
+    query or document scores 0; a document with a NaN scale scores NaN."""
+    qs = as_item_list(queries, "queries")
+    offsets = layout.offsets
+    n_docs = len(offsets) - 1
+    out = np.zeros((len(qs), n_docs), dtype=np.float32)
+    live = [i for i, q in enumerate(qs) if len(q)]
+    if not live or n_docs <= 0:
+        return out
+    q_codes, q_scale = _quantize_queries(np.concatenate([qs[i] for i in live]).astype(np.float32, copy=False))
+    q_starts = np.cumsum([0] + [len(qs[i]) for i in live])[:-1]
+    scale = np.asarray(scale, dtype=np.float32)
+    bad = np.isnan(scale)
+    has_bad = bool(bad.any())
+    if has_bad:
+        scale = np.where(bad, np.float32(0), scale)
+    best = np.zeros((n_docs, q_codes.shape[1]), dtype=np.float32)
+    for blk in layout.blocks:
+        c = codes[blk.lo : blk.hi] if decode is None else decode(codes[blk.lo : blk.hi])
+        res = run_codes(c, q_codes, scale[blk.lo : blk.hi], blk.pieces, threads)
+        best[blk.docs] = res if blk.firsts is None else np.maximum.reduceat(res, blk.firsts, axis=0)
+    best *= q_scale
+    if has_bad:
+        held = np.concatenate([[0], np.cumsum(bad)])
+        best[held[offsets[1:]] > held[offsets[:-1]]] = np.nan
     out[live] = np.add.reduceat(best, q_starts, axis=1).T
     return out

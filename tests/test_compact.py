@@ -16,8 +16,8 @@ from killers import KILL_AT_NTH_FSYNC
 
 from runtime.errors import InputError, StoreError
 from runtime.preprocess.layout import page_layout
-from runtime.scoring import score
-from runtime.stores.base import PageRecord
+from runtime.scoring import CodeLayout, score, score_codes
+from runtime.stores.base import PageRecord, decode_path
 from runtime.stores.compact import Compaction, hierarchical_pool, rowcol_pool
 from runtime.stores.local.index import DB, SEGMENTS, Index
 
@@ -377,31 +377,36 @@ def test_candidate_packs_score_every_page_by_its_own_vectors(tmp_path: Path, mon
         hits = index.search([q], k=100)[0]
         got = {h.path: h.score for h in hits}
         assert set(got) == set(alive)
+        plan = index.scanner._plans[True]
+        candidate = index.scanner._score_all([q], plan, compact=True)[0]
+        by_path = {decode_path(r[5]): candidate[i] for i, r in enumerate(plan.rows)}
         for path, r in alive.items():
-            want = score([q], [comp.to_float(comp.encode(r.embeddings, r.layout), 128).astype(np.float32)])[0, 0]
-            assert got[path] == pytest.approx(float(want), rel=1e-5, abs=1e-6), path
+            enc = comp.encode(r.embeddings, r.layout)
+            want = score([q], [comp.to_float(enc, 128).astype(np.float32)])[0, 0]
+            assert got[path] == pytest.approx(float(want), rel=1e-5, abs=1e-6), path  # ranked by the vectors
+            codes, scale = comp.to_codes(enc, 128)
+            alone = score_codes([q], codes, scale, CodeLayout.build([0, len(codes)]), comp.code_decoder(128))
+            assert by_path[path] == alone[0, 0], path  # picked by its own codes, bit for bit as if alone
 
     check()
     packs = index.scanner._packs
     assert len(packs) > 2 and sum(len(p.segs) for p in packs) == 9
-    full = [p for p in packs if len(p.data) >= pack_rows]
+    full = [p for p in packs if len(p.codes) >= pack_rows]
     assert full and all(len(p.segs) > 1 for p in full)
-    for p in full:  # the segments' own copies are views of their pack: RAM holds each vector once
+    for p in full:  # RAM holds codes; the compact files stay memory-mapped
         for seg, cfile in p.segs:
-            assert np.shares_memory(index.segments._maps[(seg, cfile)], p.data)
+            assert isinstance(index.segments._maps[(seg, cfile)], np.memmap)
     with index.writer():
         index.add_batch(recs[20:22])
     alive.update({r.path: r for r in recs[20:22]})
     check()
     assert all(any(p is q for q in index.scanner._packs) for p in full)  # full packs survive a commit
-    index.segments.keep_only(set())  # what an exact search's plan does to the compact vectors
-    with index.writer():  # a commit, so the next search plans again and reads the segments again
+    index.segments.keep_only(set())  # what an exact search's plan does to the mapped files
+    with index.writer():  # a commit, so the next search plans again and maps the segments again
         index.add_batch(recs[22:24])
     alive.update({r.path: r for r in recs[22:24]})
-    check()  # the segments read again are held as the surviving packs' views, not as second copies
-    for p in full:
-        for seg, cfile in p.segs:
-            assert np.shares_memory(index.segments._maps[(seg, cfile)], p.data)
+    check()
+    assert all(any(p is q for q in index.scanner._packs) for p in full)  # and their codes are not made again
     index.close()
 
 
@@ -431,3 +436,31 @@ def test_overlapping_spans_still_score_each_page_by_its_own_vectors(tmp_path: Pa
             want = score([q], [comp.to_float(rows, 128).astype(np.float32)])[0, 0]
             name = path.decode() if isinstance(path, bytes) else path
             assert got[name] == pytest.approx(float(want), rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("kind", ["rowcol", "int8"])
+def test_nan_in_a_compact_file_is_damage_never_a_score(tmp_path: Path, monkeypatch, kind: str, keep: bool) -> None:
+    """A same-size compact file with a NaN (an fp16 value, or an int8 vector's scale) is caught
+    by the checksum of a small index, and by the candidate stage's NaN check in a big one."""
+    from runtime.stores.local import scan
+
+    rng = np.random.default_rng(13)
+    recs = [_page(rng, i) for i in range(6)]
+    with Index.create(tmp_path / "idx", IDENTITY, kind, keep_originals=keep) as index, index.writer():
+        index.add_batch(recs[:3])
+        index.add_batch(recs[3:])
+    suffix = Compaction.parse(kind).suffix
+    cfile = next(f for f in sorted((tmp_path / "idx" / SEGMENTS).iterdir()) if f.suffix == suffix)
+    raw = bytearray(cfile.read_bytes())
+    if kind == "int8":
+        raw[128:132] = np.float32(np.nan).tobytes()  # the first vector's scale
+    else:
+        raw[0:2] = np.float16(np.nan).tobytes()
+    cfile.write_bytes(bytes(raw))
+    q = [recs[0].embeddings[:4]]
+    with Index.open(tmp_path / "idx") as index, pytest.raises(StoreError, match="do not match the checksum"):
+        index.search(q)
+    monkeypatch.setattr(scan, "VERIFY_ON_OPEN_BYTES", 0)  # a big index: no hashing per search
+    with Index.open(tmp_path / "idx") as index, pytest.raises(StoreError, match="do not match the checksum"):
+        index.search(q)  # the NaN was found, then the file was checked

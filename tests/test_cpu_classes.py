@@ -142,15 +142,38 @@ def probe_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_probe_models(tmp_path_factory.mktemp("int8-probe"))
 
 
-# The guarantee the int8 recipe rests on: with 7-bit weights no kernel class clips, so every class
-# computes the same integers. 8-bit weights clip on AVX2 only (vpmaddubsw's int16 pair sums); the
-# SSE4.1 kernel widens to int16 before multiplying, and VNNI / sdot accumulate in int32.
+@pytest.fixture(scope="module")
+def exact_candidates() -> str:
+    """sha256 of the candidate kernel's scores by the numpy fallback, which is exact integers."""
+    import hashlib
+
+    from runtime import scoring
+
+    sys.path.insert(0, str(PROBE.parent))
+    try:
+        from int8_probe import candidate_inputs
+    finally:
+        sys.path.remove(str(PROBE.parent))
+    saved = dict(scoring._sessions)
+    scoring._sessions[("codes", 1)] = None
+    try:
+        return hashlib.sha256(scoring.score_codes(*candidate_inputs(), threads=1).tobytes()).hexdigest()
+    finally:
+        scoring._sessions.clear()
+        scoring._sessions.update(saved)
+
+
+# The guarantee the int8 recipe and the search's candidate kernel rest on: with 7-bit weights (query
+# codes) no kernel class clips, so every class computes the same integers. 8-bit ones clip on AVX2
+# only (vpmaddubsw's int16 pair sums); the SSE4.1 kernel widens to int16 before multiplying, and
+# VNNI / sdot accumulate in int32.
 @pytest.mark.parametrize(("where", "expected", "w8_clips"), [
     ("host", None, None), ("Haswell", "x86_64-avx2", True), ("Nehalem", "x86_64-sse", False),
     ("aarch64", "aarch64-dotprod", False),
 ])  # fmt: skip
 def test_int8_kernels_never_clip_the_recipes_weights(request: pytest.FixtureRequest, probe_models: Path, where: str,
-                                                     expected: str | None, w8_clips: bool | None) -> None:  # fmt: skip
+                                                     expected: str | None, w8_clips: bool | None,
+                                                     exact_candidates: str) -> None:  # fmt: skip
     if where == "host":
         report = _json_out(subprocess.run([sys.executable, str(PROBE), str(probe_models)], capture_output=True,
                                        text=True, timeout=TIMEOUT))  # fmt: skip
@@ -167,12 +190,17 @@ def test_int8_kernels_never_clip_the_recipes_weights(request: pytest.FixtureRequ
     assert report["cpu_class"] == expected, report
     assert report["saturation"]["w7"] == 0.0, report
     assert w8_clips is None or (report["saturation"]["w8"] > 0.1) is w8_clips, report
+    # the search's candidate kernel: same integers, same scores, bit for bit, on every class
+    cand = report["candidates"]
+    assert cand["q7"] == 0.0 and cand["sha256"] == exact_candidates, report
+    assert w8_clips is None or (cand["q8"] > 0.1) is w8_clips, report
 
 
 BOCHS = ROOT / "jetson" / "bochs_vnni.py"
 
 
-def test_selftest_on_emulated_vnni(x86_host: None, tiny_bundle: Path, host_selftest: dict, probe_models: Path) -> None:
+def test_selftest_on_emulated_vnni(x86_host: None, tiny_bundle: Path, host_selftest: dict, probe_models: Path,
+                                   exact_candidates: str) -> None:  # fmt: skip
     """AVX-512 VNNI, which qemu cannot emulate: Bochs runs this machine's Python on a Tiger Lake
     (``jetson/bochs_vnni.py``, about 4 min). VNNI must not clip even 8-bit weights (so its
     ``vpdpbusd`` kernel really ran), and the bundle must give this machine's numbers."""
@@ -183,6 +211,7 @@ def test_selftest_on_emulated_vnni(x86_host: None, tiny_bundle: Path, host_selft
     report = _json_out(res)
     assert report["cpu_class"] == "x86_64-avx512vnni" and "AVX512VNNI" in report["features"], report
     assert report["saturation"] == {"w8": 0.0, "w7": 0.0}, report
+    assert report["candidates"] == {"q7": 0.0, "q8": 0.0, "sha256": exact_candidates}, report
     selftest = report["selftest"]
     assert selftest["passed"], selftest
     _same_numbers(selftest, host_selftest, "fp32", 1e-6, 1e-5)

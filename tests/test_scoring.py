@@ -165,3 +165,103 @@ def test_fp16_and_fp32_documents_score_the_same() -> None:
     docs = [rng.standard_normal((n, 128)).astype(np.float16) for n in (5, 0, 17, 1)]
     q = [rng.standard_normal((4, 128)).astype(np.float32)]
     np.testing.assert_allclose(score(q, docs), score(q, [d.astype(np.float32) for d in docs]), rtol=1e-5, atol=1e-5)
+
+
+def _codes_graph() -> bytes:
+    """How runtime.scoring's candidate kernel was built."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("MatMulInteger", ["codes", "queries_t", "zero"], ["dots"]),
+        helper.make_node("Cast", ["dots"], ["dots_f32"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["dots_f32", "scale"], ["sims"]),
+        helper.make_node("Gather", ["sims", "pieces"], ["per_piece"], axis=0),
+        helper.make_node("ReduceMax", ["per_piece", "axis"], ["best"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "maxsim_codes",
+        [
+            helper.make_tensor_value_info("codes", TensorProto.UINT8, ["rows", "dim"]),
+            helper.make_tensor_value_info("queries_t", TensorProto.INT8, ["dim", "q"]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["rows", 1]),
+            helper.make_tensor_value_info("pieces", TensorProto.INT32, ["pieces_n", "piece"]),
+        ],
+        [helper.make_tensor_value_info("best", TensorProto.FLOAT, ["pieces_n", "q"])],
+        initializer=[
+            helper.make_tensor("zero", TensorProto.UINT8, [], [128]),
+            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="collfm2-edge")
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def test_candidate_kernel_is_the_graph_it_claims() -> None:
+    import base64
+
+    import onnx
+
+    from runtime.scoring import _CODES_ONNX
+
+    built = _codes_graph()
+    assert built == _CODES_ONNX, base64.b64encode(built).decode()
+    onnx.checker.check_model(onnx.load_from_string(built))
+
+
+def test_quantize_rows_round_trips_within_half_a_step() -> None:
+    from runtime.scoring import quantize_rows
+
+    rng = np.random.default_rng(8)
+    rows = np.concatenate([_unit_rows(rng, 50), np.zeros((1, 128), np.float32), _unit_rows(rng, 2)])
+    rows[-1, 3] = np.nan
+    rows[-2, 0] = np.inf
+    codes, scale = quantize_rows(rows)
+    assert codes.dtype == np.uint8 and scale.dtype == np.float32
+    back = (codes[:50].astype(np.float32) - 128) * scale[:50, None]
+    assert np.all(np.abs(back - rows[:50]) <= scale[:50, None] * 0.5001)
+    assert np.all(np.abs(codes[:50].astype(int) - 128).max(axis=1) == 127)  # each row's peak uses the range
+    assert scale[50] == 0 and np.all(codes[50] == 128)  # a zero row
+    assert np.isnan(scale[51:]).all() and np.all(codes[51:] == 128)  # non-finite rows: NaN, never garbage codes
+
+
+@pytest.mark.parametrize("block", [1, 100, 700, 1 << 16])
+def test_candidate_scores_approximate_maxsim_and_equal_the_fallback_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Documents of mixed lengths (empty, one row, longer than a piece, runs of equal ones) and
+    any block cut: within quantization error of exact MaxSim, and the numpy fallback (exact
+    integers) gives the same bits, which is what makes every CPU agree."""
+    from runtime import scoring
+
+    rng = np.random.default_rng(9)
+    lengths = [12] * 30 + [0, 3, 300, 1, 0, 40, 33, 32] + [12] * 9 + [0]
+    ds = [_unit_rows(rng, n) for n in lengths]
+    qs = [_unit_rows(rng, 20), _unit_rows(rng, 0), _unit_rows(rng, 4)]
+    rows = np.concatenate(ds)
+    offsets = np.cumsum([0, *lengths])
+    layout = scoring.CodeLayout.build(offsets, block)
+    codes, scale = scoring.quantize_rows(rows)
+    got = scoring.score_codes(qs, codes, scale, layout)
+    want = _brute(qs, ds)
+    tokens = np.array([len(q) for q in qs])[:, None]
+    assert np.all(np.abs(got - want) <= 0.01 * tokens)
+    assert np.all(got[:, np.array(lengths) == 0] == 0) and np.all(got[1] == 0)
+    monkeypatch.setitem(scoring._sessions, ("codes", 0), None)
+    assert np.array_equal(scoring.score_codes(qs, codes, scale, layout), got)
+
+
+def test_a_non_finite_row_makes_only_its_document_nan() -> None:
+    from runtime import scoring
+
+    rng = np.random.default_rng(10)
+    lengths = [5, 7, 3, 0, 6]
+    rows = _unit_rows(rng, sum(lengths))
+    offsets = np.cumsum([0, *lengths])
+    layout = scoring.CodeLayout.build(offsets)
+    q = [_unit_rows(rng, 6)]
+    clean = scoring.score_codes(q, *scoring.quantize_rows(rows), layout)
+    rows[6, 0] = np.nan  # in document 1
+    got = scoring.score_codes(q, *scoring.quantize_rows(rows), layout)
+    assert np.isnan(got[0, 1]) and np.array_equal(np.delete(got, 1, axis=1), np.delete(clean, 1, axis=1))

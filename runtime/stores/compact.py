@@ -16,8 +16,11 @@ kind        vectors per page                                      stored as     
 =========== ===================================================== ======================= ===========
 
 Every pooled vector is the L2-normalised mean of its rows, so MaxSim over compact vectors is a
-cosine score like the full one. ``to_float`` turns any kind back into float rows the MaxSim
-kernel scores (int8 and binary decode per block; pooled kinds are float16 already).
+cosine score like the full one. ``to_float`` turns any kind back into float rows (the compact
+rerank of an index without originals scores those); ``to_codes`` into what a search holds in RAM
+and the candidate kernel scores (``runtime.scoring.score_codes``): uint8 codes with a per-row
+scale. int8 vectors are such codes already; pooled fp16 vectors are quantized once, when a search
+first reads them; binary vectors stay bits and are expanded per block (codes would take 8x RAM).
 
 The layout of a page is where its image tokens sit among its rows: one ``(start, grid_h,
 grid_w)`` per tile (and thumbnail), in row order (``runtime.preprocess.layout``; the processor
@@ -34,6 +37,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..preprocess.layout import Layout
+from ..scoring import ROW_CODE_MAX, ROW_ZERO, quantize_rows
 
 __all__ = ["KINDS", "Compaction", "hierarchical_pool", "rowcol_pool"]
 
@@ -67,7 +71,7 @@ class Compaction:
 
     @property
     def is_fp16(self) -> bool:
-        """Stored as fp16 rows (the pooled kinds): scored through a view, with no per-block decode."""
+        """Stored as fp16 rows (the pooled kinds), which other stores can take as they are."""
         return self.kind not in ("int8", "binary")
 
     @property
@@ -78,6 +82,29 @@ class Compaction:
     def row_bytes(self, dim: int) -> int:
         """Bytes one compact vector takes on disk and in RAM."""
         return {"int8": dim + 4, "binary": dim // 8}.get(self.kind, 2 * dim)
+
+    def ram_row_bytes(self, dim: int) -> int:
+        """Bytes one compact vector takes in a search's RAM: its ``to_codes`` form."""
+        return (dim // 8 if self.kind == "binary" else dim) + 4
+
+    def to_codes(self, data: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stored compact vectors ([m, row_bytes] uint8) -> (rows, scale float32 [m]) for
+        ``runtime.scoring.score_codes``: uint8 codes, or sign bits that ``code_decoder`` expands."""
+        if self.kind == "int8":
+            scale = data[:, dim : dim + 4].copy().view(np.float32)[:, 0]
+            scale = np.where(np.isfinite(scale), scale, np.float32(np.nan)).astype(np.float32)
+            return data[:, :dim] ^ np.uint8(0x80), scale  # int8 v -> uint8 v + 128, bit for bit
+        if self.kind == "binary":
+            return np.array(data), np.full(len(data), 1.0 / (ROW_CODE_MAX * np.sqrt(dim)), np.float32)
+        return quantize_rows(data.view(np.float16))
+
+    def code_decoder(self, dim: int):  # -> Callable[[np.ndarray], np.ndarray] | None
+        """Turns a block of ``to_codes`` rows into uint8 codes: sign bits -> 128 +- 127; None for
+        kinds held as codes."""
+        if self.kind != "binary":
+            return None
+        table = _code_table()
+        return lambda bits: np.take(table, bits).view(np.uint8).reshape(len(bits), dim)
 
     def encode(self, rows: np.ndarray, layout: Layout | None = None) -> np.ndarray:
         """One page's real rows [n, d] (float) -> its compact vectors as a [m, row_bytes] byte view."""
@@ -118,6 +145,14 @@ def _sign_table(dim: int) -> np.ndarray:
     # byte -> its 8 signs as one 16-byte scalar: a scalar gather is ~10x faster than a [256, 8] one
     bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)
     return np.ascontiguousarray(((2.0 * bits - 1.0) / np.sqrt(dim)).astype(np.float16)).view(np.complex128)[:, 0]
+
+
+@functools.cache
+def _code_table() -> np.ndarray:
+    # byte -> its 8 sign codes (bit 1: +127, bit 0: -127, most significant bit first) as one uint64
+    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.int16)
+    codes = (ROW_ZERO + ROW_CODE_MAX * (2 * bits - 1)).astype(np.uint8)
+    return np.ascontiguousarray(codes).view(np.uint64)[:, 0]
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -344,7 +344,10 @@ class Index:
         n_pages, (live_rows, live_c, stored), (n_segs, all_rows), n_files = self.catalog.db(counts)
         files = list(self.segments.listing().values())
         sizes = {f.name: _size(f) for f in files}  # a writer may delete a retired segment meanwhile
-        kind = self.compaction
+        kind, dim = self.compaction, self.segments.dim
+        # what a two-stage search holds: each compact vector's codes (Compaction.to_codes)
+        in_ram = sum(n // kind.row_bytes(dim) * kind.ram_row_bytes(dim) for name, n in sizes.items()
+                     if kind and name.endswith(kind.suffix))  # fmt: skip
         return {
             **self.meta,
             "files": n_files,
@@ -355,7 +358,7 @@ class Index:
             "segments": n_segs,
             "bytes": sum(sizes.values()),
             "compact_vectors": live_c,
-            "compact_bytes_in_ram": sum(n for name, n in sizes.items() if kind and name.endswith(kind.suffix)),
+            "compact_bytes_in_ram": in_ram,
             "scores": self._scores_note(),
         }
 
@@ -363,9 +366,10 @@ class Index:
         if self.compaction is None:
             return "exact MaxSim over the fp16 vectors"
         if not self.keeps_originals:
-            return f"MaxSim over the {self.compaction} compact vectors only (the originals were dropped)"
-        return (f"two-stage: MaxSim over the {self.compaction} compact vectors picks candidates, exact MaxSim over "
-                "the fp16 vectors ranks them (--exact: exact over all)")  # fmt: skip
+            return (f"MaxSim over the {self.compaction} compact vectors only (the originals were dropped): their "
+                    "int8 codes pick candidates, the vectors themselves rank them")  # fmt: skip
+        return (f"two-stage: MaxSim over the int8 codes of the {self.compaction} compact vectors picks candidates, "
+                "exact MaxSim over the fp16 vectors ranks them (--exact: exact over all)")  # fmt: skip
 
     def search(
         self, queries: Sequence[np.ndarray], k: int = 10, rerank: int | None = None, exact: bool = False

@@ -9,9 +9,11 @@ whole index is at most ``VERIFY_ON_OPEN_BYTES``, and whenever a score comes out 
 The candidate stage scores packs, not segments: an index imported or added in commits of 16
 pages has one segment per 16 pages, and a kernel call per segment made 1,250 calls a query at
 20k pages, ~95% of the time in per-call overhead. Consecutive segments' compact vectors are
-copied once into packs of about ``PACK_ROWS`` rows (the per-segment copies become views of the
-pack, so RAM holds them once); a pack is scored in one ``score_packed`` call, which blocks it
-for the cache itself. Full packs survive a commit; only the tail is rebuilt."""
+turned once into codes (``Compaction.to_codes``: uint8 and a scale per vector, what RAM holds;
+the files stay memory-mapped, their pages released) and concatenated into packs of about
+``PACK_ROWS`` vectors, each scored in one ``score_codes`` call. Full packs survive a commit; only
+the tail is rebuilt. The codes' scores only pick candidates: the exact stage (or, in an index
+without originals, MaxSim over the float compact vectors) ranks what is returned."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import StoreError
-from ...scoring import score_packed
+from ...scoring import CodeLayout, score_codes, score_packed
 from ..base import DEFAULT_RERANK, Hit, decode_path
 from ..compact import Compaction
 from .catalog import Catalog
@@ -59,8 +61,9 @@ class _Pack:
     """Consecutive segments' compact vectors back to back, in one array."""
 
     segs: tuple[tuple[int, str], ...]  # (segment, compact file), in storage order
-    data: np.ndarray  # [rows, row_bytes] uint8
-    base: dict[int, int]  # segment -> its first row in data
+    codes: np.ndarray  # [rows, width] uint8 (Compaction.to_codes)
+    scale: np.ndarray  # [rows] float32
+    base: dict[int, int]  # segment -> its first row in codes
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class _PackSpans:
     span one document (pages sharing rows share it), dead rows between spans as filler documents."""
 
     pack: _Pack
-    offsets: np.ndarray  # document bounds in pack.data
+    layout: CodeLayout  # document bounds in pack.codes, as score_codes reads them
     idx: np.ndarray  # positions in the plan's rows (pages with compact vectors)
     doc: np.ndarray  # each of those pages' document (a page without compact vectors is not listed: it scores 0)
 
@@ -79,6 +82,7 @@ class _SearchPlan:
     key: tuple[int, int, bool]  # (data_version, this connection's total_changes, two_stage)
     rows: list[tuple]
     maps: dict[int, Any]  # segment -> fp16 memory map
+    cmaps: dict[int, Any]  # segment -> compact vectors' memory map (two-stage plans)
     verified: bool
     groups: list[_SegmentSpans]  # the originals' spans per segment
     packs: list[_PackSpans]  # two-stage plans: the compact vectors' spans per pack
@@ -131,20 +135,26 @@ class Scanner:
         candidate = self._score_all(queries, plan, compact=True)
         t2 = time.perf_counter()
         self.timings["candidate"] = t2 - t1
-        if not self.keeps_originals:
-            return [_top(row, k, rows) for row in candidate]
         n = min(len(rows), max(k, rerank or DEFAULT_RERANK))
+        if self.keeps_originals:  # rows [start, count] of a page's originals
+            maps, first, dim, decode = plan.maps, 3, None, None
+        else:  # no originals: MaxSim over the float compact vectors ranks the candidates
+            maps, first, dim, decode = plan.cmaps, 9, self.segments.dim, self.compaction.to_float
         out = []
         for q, row in zip(queries, candidate, strict=True):
             picks = np.argpartition(-row, n - 1)[:n]
-            spans = [(rows[i][0], rows[i][3], rows[i][4]) for i in picks]
+            spans = [(rows[i][0], rows[i][first], rows[i][first + 1]) for i in picks]
             for seg, a, c in spans:  # ask for every span at once: one page fault after another is slow I/O
-                will_need(plan.maps[seg], a, c)
-            exact_rows = np.concatenate([plan.maps[seg][a : a + c] for seg, a, c in spans])
+                if c:
+                    will_need(maps[seg], a, c)
+            parts = [maps[seg][a : a + c] for seg, a, c in spans if c]
+            exact_rows = np.concatenate(parts) if parts else np.zeros((0, self.segments.dim), np.float16)
+            if decode is not None:
+                exact_rows = decode(exact_rows, dim) if len(exact_rows) else np.zeros((0, dim), np.float32)
             offsets = np.concatenate([[0], np.cumsum([c for _, _, c in spans])])
             s = score_packed([q], exact_rows, offsets)[0]
             if not np.isfinite(s).all():
-                raise StoreError(f"{root}: non-finite scores in the exact stage; run index check")
+                raise StoreError(f"{root}: non-finite scores in the rerank; run index check")
             full = np.full(len(rows), -np.inf, np.float32)
             full[picks] = s
             out.append(_top(full, min(k, n), rows))
@@ -163,24 +173,24 @@ class Scanner:
 
         def snapshot() -> tuple[list[tuple], dict[int, Any], dict[int, Any], bool]:
             # One read transaction: a writer cannot commit (and so cannot delete a segment this
-            # reads) until the files are mapped or read; a mapped file stays readable after deletion.
+            # reads) until the files are mapped; a mapped file stays readable after deletion.
             with catalog.snapshot():
                 rows = catalog.plan_rows()
                 total = sum(size for size, _ in segs.expected(catalog.segment_rows()).values())
                 verify = total <= VERIFY_ON_OPEN_BYTES
-                maps, cdata = {}, {}
+                maps, cmaps = {}, {}
                 for seg, file, nrows, *_rest in rows:
                     cfile, crows = _rest[4], _rest[5]
-                    if seg in maps or seg in cdata:
+                    if seg in maps or seg in cmaps:
                         continue
                     if file is not None and self.keeps_originals:
                         maps[seg] = segs.fp16(seg, file, nrows, verify=verify)
                     if two_stage:
-                        cdata[seg] = segs.compact(seg, cfile, crows, verify=verify)
-            return rows, maps, cdata, verify
+                        cmaps[seg] = segs.compact(seg, cfile, crows, verify=verify)
+            return rows, maps, cmaps, verify
 
-        rows, maps, cdata, verified = catalog.db(snapshot)
-        segs.keep_only(set(maps) | set(cdata))
+        rows, maps, cmaps, verified = catalog.db(snapshot)
+        segs.keep_only(set(maps) | set(cmaps))
         by_seg: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_seg.setdefault(r[0], []).append(i)
@@ -194,19 +204,22 @@ class Scanner:
         packs = []
         if two_stage:
             cfiles = {r[0]: r[7] for r in rows}
-            self._packs = self._pack([(seg, cfiles[seg], cdata[seg]) for seg in sorted(cdata)])
+            self._packs = self._pack([(seg, cfiles[seg], cmaps[seg]) for seg in sorted(cmaps)])
             packs = [_pack_spans(p, rows, by_seg) for p in self._packs]
-        plan = _SearchPlan(key, rows, maps, verified, groups, packs)
+        plan = _SearchPlan(key, rows, maps, cmaps, verified, groups, packs)
         self._plans[two_stage] = plan
         return plan
 
     def _pack(self, segments: list[tuple[int, str, np.ndarray]]) -> list[_Pack]:
-        """Group (segment, compact file, vectors) into packs of about ``PACK_ROWS`` rows, keeping
-        every full pack of the last plan whose segments are all still there, in the same order.
-        Segment ids are never reused, so the same id is the same bytes."""
-        old = {p.segs[0]: p for p in self._packs if len(p.data) >= PACK_ROWS}
+        """Group (segment, compact file, mapped vectors) into packs of about ``PACK_ROWS`` codes,
+        keeping every full pack of the last plan whose segments are all still there, in the same
+        order, and taking the codes of any other segment it already turned into codes. Segment ids
+        are never reused, so the same id is the same bytes."""
+        old = {p.segs[0]: p for p in self._packs if len(p.codes) >= PACK_ROWS}
+        known = {(s, f): (p, p.base[s]) for p in self._packs for s, f in p.segs}
+        kind, dim = self.compaction, self.segments.dim
         out: list[_Pack] = []
-        pending: list[tuple[int, str, np.ndarray]] = []
+        pending: list[tuple[int, str, np.ndarray, np.ndarray]] = []
         size = 0  # rows in pending
 
         def flush() -> None:
@@ -214,17 +227,12 @@ class Scanner:
             size = 0
             if not pending:
                 return
-            if len(pending) == 1:  # one segment: the pack is its array, no copy
-                seg, cfile, data = pending[0]
-                out.append(_Pack(((seg, cfile),), data, {seg: 0}))
-            else:
-                data = np.concatenate([d for _, _, d in pending])
-                base = np.concatenate([[0], np.cumsum([len(d) for _, _, d in pending])])
-                out.append(_Pack(tuple((s, f) for s, f, _ in pending), data,
-                                 {s: int(b) for (s, _, _), b in zip(pending, base, strict=False)}))  # fmt: skip
-                for (seg, cfile, _), lo, hi in zip(pending, base[:-1], base[1:], strict=True):
-                    # the segment's own copy is dropped: RAM holds its vectors once, in the pack
-                    self.segments.adopt(seg, cfile, data[lo:hi])
+            base = np.concatenate([[0], np.cumsum([len(c) for _, _, c, _ in pending])])
+            # concatenate copies: a pack owns its arrays, never a view that keeps an old pack alive
+            codes = np.concatenate([c for _, _, c, _ in pending])
+            scale = np.concatenate([sc for _, _, _, sc in pending])
+            out.append(_Pack(tuple((s, f) for s, f, _, _ in pending), codes, scale,
+                             {s: int(b) for (s, _, _, _), b in zip(pending, base, strict=False)}))  # fmt: skip
             pending.clear()
 
         i = 0
@@ -234,14 +242,16 @@ class Scanner:
             if p is not None and tuple((s, f) for s, f, _ in segments[i : i + len(p.segs)]) == p.segs:
                 flush()
                 out.append(p)
-                # An exact search's plan evicts compact vectors, so a segment may have been read
-                # again since: hold the pack's view, not a second copy.
-                for s, f, d in segments[i : i + len(p.segs)]:
-                    self.segments.adopt(s, f, p.data[p.base[s] : p.base[s] + len(d)])
                 i += len(p.segs)
                 continue
-            pending.append((seg, cfile, data))
-            size += len(data)
+            if (seg, cfile) in known:
+                p, lo = known[(seg, cfile)]
+                codes, scale = p.codes[lo : lo + len(data)], p.scale[lo : lo + len(data)]
+            else:
+                codes, scale = kind.to_codes(data, dim)
+                self.segments.release(data)
+            pending.append((seg, cfile, codes, scale))
+            size += len(codes)
             if size >= PACK_ROWS:
                 flush()
             i += 1
@@ -271,13 +281,11 @@ class Scanner:
 
     def _score_packs(self, queries: Sequence[np.ndarray], plan: _SearchPlan) -> np.ndarray:
         scores = np.zeros((len(queries), len(plan.rows)), np.float32)
-        kind, dim = self.compaction, self.segments.dim
-        decode = None if kind.is_fp16 else (lambda data: kind.to_float(data, dim))
+        decode = self.compaction.code_decoder(self.segments.dim)
         for ps in plan.packs:
-            if len(ps.offsets) < 2:  # only vector-less pages: they score 0
+            if not ps.layout.blocks:  # only vector-less pages: they score 0
                 continue
-            arr = kind.to_float(ps.pack.data, dim) if kind.is_fp16 else ps.pack.data
-            s = score_packed(queries, arr, ps.offsets, decode=decode)[:, ps.doc]
+            s = score_codes(queries, ps.pack.codes, ps.pack.scale, ps.layout, decode=decode)[:, ps.doc]
             if not np.isfinite(s).all():
                 bad = [plan.rows[i] for i in ps.idx[~np.isfinite(s).all(axis=0)]]
                 if not plan.verified:  # raises when the file was damaged
@@ -289,25 +297,26 @@ class Scanner:
 
 
 def _pack_spans(pack: _Pack, rows: list[tuple], by_seg: dict[int, list[int]]) -> _PackSpans:
-    """The documents ``score_packed`` reads from one pack, and which document each page is."""
+    """The documents ``score_codes`` reads from one pack, and which document each page is."""
     idx = np.array([i for seg, _ in pack.segs for i in by_seg.get(seg, ())], np.int64)
     start = np.array([pack.base[rows[i][0]] + rows[i][9] for i in idx], np.int64)
     count = np.array([rows[i][10] for i in idx], np.int64)
     live = count > 0
     idx, start, count = idx[live], start[live], count[live]
     if not len(idx):
-        return _PackSpans(pack, np.zeros(1, np.int64), idx, idx)
+        return _PackSpans(pack, CodeLayout.build(np.zeros(1, np.int64)), idx, idx)
     spans, doc = np.unique(np.stack([start, count], axis=1), axis=0, return_inverse=True)
     lo, hi = spans[:, 0], spans[:, 0] + spans[:, 1]
     if np.any(hi[:-1] > lo[1:]):
         # Overlapping spans are damage (a commit writes each page's vectors once, and pages that
         # share rows share the whole span): score each span as its own copy, right anyway.
-        data = np.concatenate([pack.data[a:b] for a, b in zip(lo, hi, strict=True)] or [pack.data[:0]])
+        take = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
         offsets = np.concatenate([[0], np.cumsum(spans[:, 1])])
-        return _PackSpans(_Pack(pack.segs, data, pack.base), offsets, idx, doc.ravel())
+        copy = _Pack(pack.segs, pack.codes[take], pack.scale[take], pack.base)
+        return _PackSpans(copy, CodeLayout.build(offsets), idx, doc.ravel())
     # Bounds of every span and of the dead rows between them: documents back to back.
     bounds, where = np.unique(np.concatenate([lo, hi]), return_inverse=True)
-    return _PackSpans(pack, bounds, idx, where[: len(lo)][doc.ravel()])
+    return _PackSpans(pack, CodeLayout.build(bounds), idx, where[: len(lo)][doc.ravel()])
 
 
 def _top(row: np.ndarray, k: int, rows: list[tuple]) -> list[Hit]:

@@ -2,8 +2,8 @@
 vectors beside them (``runtime.stores.compact``), each written once (temp file, fsync, rename,
 fsync of the folder), never changed, deleted only when the catalog has doomed it.
 
-``SegmentFiles`` owns the folder: writing, mapping (fp16 rows memory-mapped, compact vectors read
-into RAM, once per process), verifying against the sha256 the catalog recorded, deleting. It
+``SegmentFiles`` owns the folder: writing, mapping (fp16 rows and compact vectors memory-mapped,
+once per process), verifying against the sha256 the catalog recorded, deleting. It
 knows nothing of SQLite: the checksums come from the ``digest`` function it is handed."""
 
 from __future__ import annotations
@@ -146,55 +146,40 @@ class SegmentFiles:
 
     def fp16(self, seg_id: int, file: str, rows: int, verify: bool = False) -> np.ndarray:
         """A segment's fp16 rows [rows, dim], memory-mapped once per process."""
+        return self._map(seg_id, file, np.float16, (rows, self.dim), verify, "sha256")
+
+    def compact(self, seg_id: int, cfile: str, crows: int, verify: bool = False) -> np.ndarray:
+        """A segment's compact vectors [crows, row_bytes] uint8, memory-mapped once per process: a
+        search reads them once, into the codes it holds (``scan``), so RAM never holds them too."""
+        return self._map(seg_id, cfile, np.uint8, (crows, self.compact_row_bytes), verify, "csha256")
+
+    def _map(
+        self, seg_id: int, file: str, dtype: type, shape: tuple[int, int], verify: bool, column: str
+    ) -> np.ndarray:
         key = (seg_id, file)
         arr = self._maps.get(key)
         if arr is None:
             path = self.dir / file
-            expected = rows * self.dim * 2
+            expected = shape[0] * shape[1] * np.dtype(dtype).itemsize
             try:
                 size = path.stat().st_size
             except OSError:
                 size = -1
             if size != expected:
                 raise StoreError(f"{path}: missing or wrong size (expected {expected} bytes); the index is damaged")
-            arr = (
-                np.memmap(path, dtype=np.float16, mode="r", shape=(rows, self.dim))
-                if rows
-                else np.zeros((0, self.dim), np.float16)
-            )
+            arr = np.memmap(path, dtype=dtype, mode="r", shape=shape) if expected else np.zeros(shape, dtype)
             self._maps[key] = arr
         if verify and key not in self._verified:
-            self.verify(seg_id, file, arr)
+            self.verify(seg_id, file, arr, column)
         return arr
 
-    def compact(self, seg_id: int, cfile: str, crows: int, verify: bool = False) -> np.ndarray:
-        """A segment's compact vectors, read into RAM once per process: [crows, row_bytes] uint8."""
-        key = (seg_id, cfile)
-        data = self._maps.get(key)
-        if data is None:
-            path = self.dir / cfile
-            width = self.compact_row_bytes
-            try:
-                data = np.fromfile(path, dtype=np.uint8)
-            except OSError:
-                data = np.zeros(0, np.uint8)
-            if data.size != crows * width:
-                raise StoreError(
-                    f"{path}: missing or wrong size (expected {crows * width} bytes); the index is damaged"
-                )
-            data = data.reshape(crows, width)
-            self._maps[key] = data
-        if verify and key not in self._verified:
-            self.verify(seg_id, cfile, data, "csha256")
-        return data
-
-    def adopt(self, seg_id: int, cfile: str, data: np.ndarray) -> None:
-        """Hold a segment's compact vectors as ``data`` (the same bytes, in a search's pack) instead
-        of the array read from the file, so RAM holds them once."""
-        key = (seg_id, cfile)
-        if self._maps[key].shape != data.shape:
-            raise StoreError(f"{self.dir / cfile}: pack holds {data.shape}, the file {self._maps[key].shape}")
-        self._maps[key] = data
+    def release(self, arr: np.ndarray) -> None:
+        """Drop a mapped file's pages from this process (they stay in the page cache): a search
+        that has turned compact vectors into codes does not hold them twice."""
+        mm = getattr(arr, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                mm.madvise(mmap.MADV_DONTNEED)
 
     def verify(self, seg_id: int, file: str, arr: Any, column: str = "sha256") -> None:
         digest = self._digest(seg_id, column)
