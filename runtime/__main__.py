@@ -5,6 +5,7 @@
     python -m runtime index info --index DIR [--json]
     python -m runtime index remove --index DIR PATH...
     python -m runtime search --index DIR [-k 10] [--json] QUERY
+    python -m runtime serve --index DIR [--port 8000]                     # HTTP service, model loaded once
     python -m runtime selftest --bundle BUNDLE [--precision P,...]        # fidelity on this machine
     python -m runtime explain --bundle BUNDLE --out DIR --query Q FILE    # similarity maps on the page
     python -m runtime preprocess --model DIR [--json] IMAGE...            # tiles, tokens, shapes per image
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_args(tok)
     tok.add_argument("queries", nargs="+")
     args = parser.parse_args(argv)
-    if args.cmd in ("encode", "index", "search", "selftest", "explain"):
+    if args.cmd in ("encode", "index", "search", "serve", "selftest", "explain"):
         return run_command(args)
 
     try:

@@ -123,3 +123,22 @@ def test_scale_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
     assert r["commit_pages"] == 16 and rows["exact-fp16"]["kernel_calls_per_query"] >= 300 / 16  # a call per segment
     assert 1 <= rows["pool12-2stage"]["kernel_calls_per_query"] < rows["exact-fp16"]["kernel_calls_per_query"]
     assert "| rowcol-2stage |" in (tmp_path / "s.md").read_text()
+
+
+def test_serve_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
+    """bench_serve on the tiny bundle: every figure present, no request failed, the table written."""
+    cmd = [sys.executable, "benchmarks/bench_serve.py", "--bundle", str(tiny_bundle), "--precision", "fp32",
+           "--pages", "4", "--requests", "3", "--cold-runs", "1", "--clients", "1", "4", "--out", str(tmp_path),
+           "--name", "s"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["pages"] == 4 and r["precision"] == "fp32" and r["random_weights"] is True
+    for part in ("cold_cli", "in_process", "warm_http"):
+        assert r[part]["p50_ms"] > 0
+    assert r["warm_http_vs_in_process"] > 0 and r["cold_cli_vs_warm_http"] > 0
+    for mode in ("batched", "one_query_per_call"):
+        runs = r["concurrent"][mode]
+        assert [c["clients"] for c in runs] == [1, 4] and all(c["errors"] == 0 and c["qps"] > 0 for c in runs)
+    assert all(c["mean_batch"] == 1.0 for c in r["concurrent"]["one_query_per_call"])
+    assert "| HTTP, warm |" in (tmp_path / "s.md").read_text()

@@ -24,6 +24,7 @@ RUNTIME_LAYERS = (
     ("runtime.ingest",),
     ("runtime.encoder",),
     ("runtime.explain",),
+    ("runtime.serve",),
     ("runtime.cli", "runtime.__main__", "runtime"),
 )
 

@@ -1,4 +1,4 @@
-"""``python -m runtime encode | index add|import|info|check|compact|remove | search | explain |
+"""``python -m runtime encode | index add|import|info|check|compact|remove | search | serve | explain |
 selftest``: the commands users live with. The parsers are here; each command group is a module
 (``encode``, ``index``, ``search``) over the helpers in ``common``."""
 
@@ -27,6 +27,7 @@ from .args import (
 from .encode import encode, selftest
 from .index import ACTIONS
 from .search import explain, search
+from .serve import add_serve_parser, serve
 
 __all__ = ["add_parsers", "run_command"]
 
@@ -103,6 +104,8 @@ def add_parsers(sub: Any) -> None:
     srch.add_argument("--dpi", type=positive, default=DEFAULT_DPI, help="--explain: PDF rasterisation, as indexed")
     srch.add_argument("query", nargs="+", help="query text (several words are joined)")
 
+    add_serve_parser(sub)
+
     ex = sub.add_parser("explain", help="similarity maps: where on a page each query token matches")
     bundle_args(ex, required=False)
     ex.add_argument(
@@ -137,6 +140,8 @@ def run_command(args: argparse.Namespace) -> int:
             return selftest(args)
         if args.cmd == "search":
             return search(args)
+        if args.cmd == "serve":
+            return serve(args)
         return ACTIONS[args.action](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

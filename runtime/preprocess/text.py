@@ -140,6 +140,10 @@ class TextTokenizer:
             raise QueryError(f"a query must be a string, got {type(query).__name__}")
         if not has_visible_text(query):
             raise QueryError("empty query: type some words to search for")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, e.g. from JSON's "\ud800": the tokenizer raises TypeError
+            raise QueryError("the query is not valid text (it holds a lone surrogate)") from None
         ids = self.tokenizer.encode(query, add_special_tokens=True).ids
         if len(ids) > max_tokens:
             raise QueryError(f"query is {len(ids)} tokens, over the {max_tokens}-token limit; shorten it")

@@ -1,0 +1,94 @@
+"""The service's OpenAPI 3.1 schema, written by hand beside the routes (``http.ROUTES``);
+``tests/test_serve.py`` checks that the two list the same operations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi"]
+
+_ERROR = {
+    "description": "a one-line error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_HIT = {
+    "type": "object",
+    "properties": {
+        "rank": {"type": "integer"},
+        "score": {"type": "number"},
+        "path": {"type": "string"},
+        "page": {"type": "integer"},
+    },
+}
+_QUERIES = {
+    "type": "object",
+    "description": "one query (`query`) or several (`queries`, at most 64)",
+    "properties": {
+        "query": {"type": "string"},
+        "queries": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 64},
+    },
+}
+
+
+def _op(summary: str, ok: dict[str, Any], body: dict[str, Any] | None = None, auth: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, "400": _ERROR, "401": _ERROR, "500": _ERROR}}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"].update({"413": _ERROR, "429": _ERROR, "503": _ERROR})
+    if not auth:
+        op["security"] = []
+        del op["responses"]["401"]
+    return op
+
+
+def _json(schema: dict[str, Any], what: str) -> dict[str, Any]:
+    return {"description": what, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi(version: str) -> dict[str, Any]:
+    search_body = {
+        **_QUERIES,
+        "properties": {
+            **_QUERIES["properties"],
+            "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+            "rerank": {"type": ["integer", "null"], "minimum": 1, "description": "two-stage indexes: candidates"},
+            "exact": {"type": "boolean", "default": False, "description": "two-stage indexes: score every page"},
+        },
+    }
+    search_ok = {
+        "type": "object",
+        "properties": {
+            "results": {"type": "array", "items": {"type": "array", "items": _HIT}, "description": "per query"},
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+            "random_weights": {"type": "boolean"},
+        },
+    }
+    embed_ok = {
+        "description": "every query's vectors as little-endian float16 rows [sum n_i, dim], back to back; the "
+        "X-Collfm2-Dim header gives dim and X-Collfm2-Offsets the row offsets (n_queries + 1 numbers)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    any_json = _json({"type": "object"}, "JSON")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "collfm2-edge",
+            "version": version,
+            "description": "Search an index of pages with text queries (SauerkrautLM-ColLFM2-450M).",
+        },
+        "components": {
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/search": {"post": _op("rank the index's pages for each query", _json(search_ok, "hits"), search_body)},
+            "/embed/queries": {"post": _op("the queries' multi-vectors, float16", embed_ok, _QUERIES)},
+            "/info": {"get": _op("index, bundle, engine and precision", any_json)},
+            "/metrics": {"get": _op("Prometheus text", {"description": "text/plain; version=0.0.4"})},
+            "/healthz": {"get": _op("the process is alive", any_json, auth=False)},
+            "/readyz": {"get": _op("the model is loaded and the index readable (503 when not)", any_json)},
+            "/openapi.json": {"get": _op("this schema", any_json, auth=False)},
+            "/docs": {"get": _op("this schema as a page", {"description": "text/html"}, auth=False)},
+        },
+    }

@@ -1,0 +1,170 @@
+"""The resident service: one model and one store, loaded once, shared by every request.
+
+Threads: HTTP requests run on the server's threads; query encodes on the batcher's thread
+(``batching``); every store call on one store thread, which opened the store (an SQLite
+connection belongs to the thread that made it, and the scanner's plan cache is not built for
+two searches at once). So while one batch of queries is searched the next is encoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..errors import InputError, StoreError, UserError
+from ..stores.base import bundle_identity
+from ..stores.open import open_store
+from .batching import QueryBatcher
+from .metrics import Metrics
+
+__all__ = ["MAX_K", "MAX_QUERIES", "Service", "ServiceConfig", "Unavailable"]
+
+T = TypeVar("T")
+
+MAX_K = 1000
+MAX_RERANK = 10_000
+MAX_QUERIES = 64  # per request
+
+
+class Unavailable(UserError):
+    """The service cannot answer now (shutting down, or a step took longer than its timeout): HTTP 503."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_batch: int = 16  # queries per model call
+    # How long the first waiting query waits for company. 0: none; queries that arrive while the
+    # model is busy still share its next call, so batches form under load and a lone query never
+    # waits (a 5 ms window cost a lone query 6 ms on the tiny bundle, benchmarks/bench_serve.py).
+    window_ms: float = 0.0
+    max_waiting: int = 64  # queries waiting to be encoded before requests get 429
+    timeout_s: float = 60.0  # the longest a request waits for its encode or its search
+
+
+class Service:
+    """``model`` (``runtime.encoder.model.ColLFM2``) and the store at ``index`` (``open_store``'s
+    arguments), checked against each other as ``search`` does on the command line."""
+
+    def __init__(self, model: Any, store_kind: str, index: str | None, url: str | None = None,
+                 collection: str = "collfm2", config: ServiceConfig | None = None) -> None:  # fmt: skip
+        self.model = model
+        self.config = config or ServiceConfig()
+        self.started = time.time()
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._stack = contextlib.ExitStack()
+        self._closing = threading.Event()
+
+        def open_it() -> Any:
+            store = self._stack.enter_context(open_store(store_kind, index, url, collection))
+            store.check_bundle(bundle_identity(model.bundle, model.precision))
+            return store
+
+        try:
+            self._store = self._store_thread.submit(open_it).result()
+        except BaseException:
+            self._store_thread.submit(self._stack.close).result()
+            self._store_thread.shutdown()
+            raise
+        self.metrics = Metrics({
+            "collfm2_queue_depth": ("Queries waiting to be encoded.", lambda: self.batcher.depth),
+            "collfm2_pages_indexed": ("Pages in the index.", lambda: self.on_store(lambda s: s.info()["pages"], 5.0)),
+        })  # fmt: skip
+        cfg = self.config
+        self.batcher = QueryBatcher(self._encode, cfg.max_batch, cfg.window_ms / 1000, cfg.max_waiting,
+                                    on_batch=self.metrics.query_batch)  # fmt: skip
+
+    # -- the pieces -------------------------------------------------------------------------
+
+    def _encode(self, input_ids: np.ndarray) -> list[np.ndarray]:
+        return self.model.encode_rows({"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
+
+    def on_store(self, call: Callable[[Any], T], timeout: float | None = None) -> T:
+        """Run ``call(store)`` on the store thread."""
+        if self._closing.is_set():
+            raise Unavailable("the service is shutting down")
+        future = self._store_thread.submit(call, self._store)
+        try:
+            return future.result(timeout if timeout is not None else self.config.timeout_s)
+        except FutureTimeout:
+            raise Unavailable("the index took too long to answer; retry shortly") from None
+
+    def query_vectors(self, queries: list[str]) -> tuple[list[np.ndarray], float]:
+        """Each query's vectors [n, dim] through the batcher, and the seconds spent waiting for them."""
+        t0 = time.perf_counter()
+        ids = [self.model.processor.process_queries([q])["input_ids"][0] for q in queries]  # QueryError: one line
+        futures = [self.batcher.submit(i) for i in ids]
+        try:
+            return [f.result(self.config.timeout_s) for f in futures], time.perf_counter() - t0
+        except FutureTimeout:
+            raise Unavailable("encoding the query took too long; retry shortly") from None
+
+    # -- what the endpoints do ----------------------------------------------------------------
+
+    def search(self, queries: list[str], k: int = 10, rerank: int | None = None, exact: bool = False) -> dict:
+        """Hits per query, with where the time went (milliseconds)."""
+        if exact and rerank is not None:
+            raise InputError("rerank sets the candidates of two-stage search; exact scores every page: give one")
+        t0 = time.perf_counter()
+        vecs, encode_s = self.query_vectors(queries)
+
+        def run(store: Any) -> tuple[list, dict[str, float]]:
+            t = time.perf_counter()
+            hits = store.search(vecs, k=k, rerank=rerank, exact=exact)
+            stages = dict(getattr(getattr(store, "scanner", None), "timings", {}) or {})
+            stages["search"] = time.perf_counter() - t
+            return hits, stages
+
+        hits, stages = self.on_store(run)
+        stages["encode"] = encode_s
+        stages["total"] = time.perf_counter() - t0
+        return {
+            "results": [[h.as_dict() for h in row] for row in hits],
+            "timings_ms": {name: round(s * 1000, 3) for name, s in stages.items()},
+            "random_weights": bool(self.model.bundle.random_weights),
+        }
+
+    def info(self) -> dict:
+        bundle = self.model.bundle
+        store_info = self.on_store(lambda s: s.info())
+        return {
+            "index": {k: v for k, v in store_info.items() if isinstance(v, str | int | float | bool) or v is None},
+            "bundle": {
+                "path": str(bundle.path),
+                "random_weights": bool(bundle.random_weights),
+                "identity": bundle_identity(bundle, self.model.precision),
+            },
+            "engine": getattr(self.model, "backend", None),
+            "precision": self.model.precision,
+            "dim": int(bundle.model["dim"]),
+            "batching": {
+                "max_batch": self.config.max_batch,
+                "window_ms": self.config.window_ms,
+                "max_waiting": self.config.max_waiting,
+            },
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether a search could be answered now: the model loaded, the index readable."""
+        if self._closing.is_set():
+            return False, "shutting down"
+        try:
+            self.on_store(lambda s: s.meta, 5.0)
+        except (StoreError, Unavailable) as exc:
+            return False, str(exc)
+        return True, "ready"
+
+    def close(self) -> None:
+        """Finish what was asked, then close the store (on its own thread)."""
+        self.batcher.close()
+        self._closing.set()
+        self._store_thread.submit(self._stack.close).result()
+        self._store_thread.shutdown()
