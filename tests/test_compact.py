@@ -464,3 +464,48 @@ def test_nan_in_a_compact_file_is_damage_never_a_score(tmp_path: Path, monkeypat
     monkeypatch.setattr(scan, "VERIFY_ON_OPEN_BYTES", 0)  # a big index: no hashing per search
     with Index.open(tmp_path / "idx") as index, pytest.raises(StoreError, match="do not match the checksum"):
         index.search(q)  # the NaN was found, then the file was checked
+
+
+def test_packed_compact_files_are_not_kept_mapped(tmp_path: Path, monkeypatch) -> None:
+    """With the originals kept, a search maps a compact file once, to turn it into codes, then
+    unmaps it; a commit maps only the new segment's file: the process's map count (Linux allows
+    65,530) grows with the originals alone, and RAM holds the codes."""
+    from runtime.stores.local import scan
+
+    rng = np.random.default_rng(14)
+    recs = [_page(rng, i) for i in range(8)]
+    comp = Compaction.parse("rowcol")
+    monkeypatch.setattr(scan, "PACK_ROWS", 3 * len(comp.encode(recs[0].embeddings, recs[0].layout)))
+    index = Index.create(tmp_path / "idx", IDENTITY, "rowcol")
+    mapped: list[str] = []
+    real = index.segments.compact
+
+    def counted(seg: int, cfile: str, *args, **kwargs) -> np.ndarray:
+        mapped.append(cfile)
+        return real(seg, cfile, *args, **kwargs)
+
+    monkeypatch.setattr(index.segments, "compact", counted)
+    with index.writer():
+        for i in range(0, 6, 2):
+            index.add_batch(recs[i : i + 2])
+    q = [recs[1].embeddings[:5]]
+    index.search(q, k=3)
+    assert len(mapped) == 3 and not any(f.endswith(comp.suffix) for _, f in index.segments._maps)
+    with index.writer():
+        index.add_batch(recs[6:8])
+    mapped.clear()
+    index.search(q, k=3)
+    assert len(mapped) == 1 and not any(f.endswith(comp.suffix) for _, f in index.segments._maps)
+    exact = index.search(q, k=3, exact=True)
+    assert [h.path for h in index.search(q, k=3)[0]] == [h.path for h in exact[0]]  # rerank 100 covers all 8
+    with index.writer():
+        index.remove(["/p/1.png"])
+    mapped.clear()
+    got = index.search(q, k=3)[0]  # the pack that held /p/1 is rebuilt from the codes already made
+    assert [h.path for h in got] == [h.path for h in index.search(q, k=3, exact=True)[0]] and not mapped
+    with index.writer():
+        assert index.compact()["segments_rewritten"] >= 1  # new files: new codes
+    got = index.search(q, k=3)[0]
+    assert [h.path for h in got] == [h.path for h in index.search(q, k=3, exact=True)[0]] and mapped
+    assert not any(f.endswith(comp.suffix) for _, f in index.segments._maps)
+    index.close()

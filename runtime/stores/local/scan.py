@@ -170,6 +170,10 @@ class Scanner:
         if cached is not None and cached.key == key:
             return cached
         catalog, segs = self.catalog, self.segments
+        # Segments whose codes a pack holds need no file: with originals kept, nothing reads their
+        # compact vectors again, so they are not mapped (one map per file would double the
+        # process's maps, and Linux allows 65,530).
+        coded = {key for p in self._packs for key in p.segs} if self.keeps_originals else set()
 
         def snapshot() -> tuple[list[tuple], dict[int, Any], dict[int, Any], bool]:
             # One read transaction: a writer cannot commit (and so cannot delete a segment this
@@ -185,12 +189,12 @@ class Scanner:
                         continue
                     if file is not None and self.keeps_originals:
                         maps[seg] = segs.fp16(seg, file, nrows, verify=verify)
-                    if two_stage:
+                    if two_stage and (seg, cfile) not in coded:
                         cmaps[seg] = segs.compact(seg, cfile, crows, verify=verify)
             return rows, maps, cmaps, verify
 
         rows, maps, cmaps, verified = catalog.db(snapshot)
-        segs.keep_only(set(maps) | set(cmaps))
+        segs.keep_only(set(maps) | set(cmaps) | {seg for seg, _ in coded})
         by_seg: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_seg.setdefault(r[0], []).append(i)
@@ -203,18 +207,24 @@ class Scanner:
                                         np.concatenate([[0], np.cumsum(counts)])))  # fmt: skip
         packs = []
         if two_stage:
-            cfiles = {r[0]: r[7] for r in rows}
-            self._packs = self._pack([(seg, cfiles[seg], cmaps[seg]) for seg in sorted(cmaps)])
+            files = {r[0]: (r[7], r[8]) for r in rows if r[7] is not None}
+            self._packs = self._pack(
+                [(seg, cfile, crows, cmaps.get(seg)) for seg, (cfile, crows) in sorted(files.items())]
+            )
             packs = [_pack_spans(p, rows, by_seg) for p in self._packs]
+            if self.keeps_originals:
+                for seg in cmaps:
+                    segs.forget(seg, files[seg][0])
+                cmaps = {}
         plan = _SearchPlan(key, rows, maps, cmaps, verified, groups, packs)
         self._plans[two_stage] = plan
         return plan
 
-    def _pack(self, segments: list[tuple[int, str, np.ndarray]]) -> list[_Pack]:
-        """Group (segment, compact file, mapped vectors) into packs of about ``PACK_ROWS`` codes,
-        keeping every full pack of the last plan whose segments are all still there, in the same
-        order, and taking the codes of any other segment it already turned into codes. Segment ids
-        are never reused, so the same id is the same bytes."""
+    def _pack(self, segments: list[tuple[int, str, int, np.ndarray | None]]) -> list[_Pack]:
+        """Group (segment, compact file, vectors, mapped file) into packs of about ``PACK_ROWS``
+        codes, keeping every full pack of the last plan whose segments are all still there, in the
+        same order, and taking the codes of any other segment it already turned into codes (those
+        come without a mapped file). Segment ids are never reused, so the same id is the same bytes."""
         old = {p.segs[0]: p for p in self._packs if len(p.codes) >= PACK_ROWS}
         known = {(s, f): (p, p.base[s]) for p in self._packs for s, f in p.segs}
         kind, dim = self.compaction, self.segments.dim
@@ -237,17 +247,19 @@ class Scanner:
 
         i = 0
         while i < len(segments):
-            seg, cfile, data = segments[i]
+            seg, cfile, crows, data = segments[i]
             p = old.get((seg, cfile))
-            if p is not None and tuple((s, f) for s, f, _ in segments[i : i + len(p.segs)]) == p.segs:
+            if p is not None and tuple((s, f) for s, f, _, _ in segments[i : i + len(p.segs)]) == p.segs:
                 flush()
                 out.append(p)
                 i += len(p.segs)
                 continue
             if (seg, cfile) in known:
                 p, lo = known[(seg, cfile)]
-                codes, scale = p.codes[lo : lo + len(data)], p.scale[lo : lo + len(data)]
+                codes, scale = p.codes[lo : lo + crows], p.scale[lo : lo + crows]
             else:
+                if data is None:  # only coded segments come unmapped
+                    raise StoreError(f"{self.segments.dir / cfile}: compact vectors neither mapped nor packed")
                 codes, scale = kind.to_codes(data, dim)
                 self.segments.release(data)
             pending.append((seg, cfile, codes, scale))

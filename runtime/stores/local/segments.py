@@ -190,6 +190,12 @@ class SegmentFiles:
             )
         self._verified.add((seg_id, file))
 
+    def forget(self, seg_id: int, file: str) -> None:
+        """Unmap one file (a search holds what it needs of it elsewhere); mapped again when asked for."""
+        arr = self._maps.pop((seg_id, file), None)
+        if arr is not None:
+            self.release(arr)
+
     def keep_only(self, segment_ids: set[int]) -> None:
         """Forget the maps of segments not in ``segment_ids`` (compacted or removed since: never read again)."""
         for old in [k for k in self._maps if k[0] not in segment_ids]:
