@@ -68,6 +68,7 @@ SETTINGS: dict[str, tuple[str, str | None, bool, dict]] = {
     "qdrant-edge-rowcol-2stage": ("qdrant-edge", "rowcol", True, {"rerank": 100}),
 }
 QDRANT_MAX_PAGES = 10_000
+BUILT = ".bench-built.json"  # in a --keep index: it was built completely, and how long that took
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -200,18 +201,27 @@ def _by_tokens(store: Any, token_queries: dict[int, list[np.ndarray]], kwargs: d
 def run_setting(name: str, corpus_records: Callable[[], Iterator[list[PageRecord]]], queries: list[np.ndarray],
                 planted: list[int] | None, exact_top: list[list[str]] | None, tmp: Path,
                 names: list[str], rerank: int | None = None,
-                token_queries: dict[int, list[np.ndarray]] | None = None,
+                token_queries: dict[int, list[np.ndarray]] | None = None, kept: Path | None = None,
                 ) -> tuple[dict[str, Any], list[list[str]]]:  # fmt: skip
     kind, compact, keep, kwargs = SETTINGS[name]
     if rerank is not None and "rerank" in kwargs:
         kwargs = {**kwargs, "rerank": rerank}
-    root = tmp / name
-    t0 = time.perf_counter()
-    store = _store(kind, root, compact, keep)
-    with store.writer():
-        for recs in corpus_records():
-            store.add_batch(recs)
-    build = time.perf_counter() - t0
+    kept = kept if kind == "local" else None  # only local indexes are reopened
+    root = (kept or tmp) / name
+    marker = root / BUILT
+    if kept is not None and marker.is_file():  # built by an earlier run: measure it again
+        build = float(json.loads(marker.read_text())["build_s"])
+        store = Index.open(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)  # a build that stopped half way
+        t0 = time.perf_counter()
+        store = _store(kind, root, compact, keep)
+        with store.writer():
+            for recs in corpus_records():
+                store.add_batch(recs)
+        build = time.perf_counter() - t0
+        if kept is not None:
+            marker.write_text(json.dumps({"build_s": build}) + "\n")
     store.search([queries[0]], k=10, **kwargs)  # warm: maps, page cache, the kernel's session
     times, tops = [], []
     with KernelCalls() as kernel:
@@ -244,14 +254,16 @@ def run_setting(name: str, corpus_records: Callable[[], Iterator[list[PageRecord
         out["overlap_at_10"] = float(np.mean([len(set(a) & set(b)) / max(1, min(10, len(b)))
                                               for a, b in zip(tops, exact_top, strict=True)]))  # fmt: skip
     store.close()
-    shutil.rmtree(root, ignore_errors=True)  # one index on disk at a time (100k pages: ~7 GB each)
+    if kept is None:
+        shutil.rmtree(root, ignore_errors=True)  # one index on disk at a time (100k pages: ~7 GB each)
     return out, tops
 
 
 def run_corpus(label: str, records: Callable[[], Iterator[list[PageRecord]]], n_pages: int, queries: list[np.ndarray],
                planted: list[int] | None, names: list[str], settings: list[str], tmp: Path,
                rerank: int | None = None, qdrant_max_pages: int = QDRANT_MAX_PAGES,
-               token_queries: dict[int, list[np.ndarray]] | None = None) -> dict[str, Any]:  # fmt: skip
+               token_queries: dict[int, list[np.ndarray]] | None = None,
+               kept: Path | None = None) -> dict[str, Any]:  # fmt: skip
     rows: dict[str, Any] = {}
     exact_top = None
     for name in ["exact-fp16", *[s for s in settings if s != "exact-fp16"]]:
@@ -260,7 +272,7 @@ def run_corpus(label: str, records: Callable[[], Iterator[list[PageRecord]]], n_
         print(f"[{label}] {name} ...", flush=True)
         try:
             rows[name], tops = run_setting(name, records, queries, planted, exact_top, tmp, names, rerank,
-                                           token_queries)  # fmt: skip
+                                           token_queries, kept)  # fmt: skip
         except Exception as exc:  # one setting failing (e.g. scipy missing) must not lose the others
             rows[name] = {"error": " ".join(str(exc).split())}
             continue
@@ -388,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--query-tokens", type=int, nargs="*", default=[4, 16, 32],
                     help="two-stage settings are also timed with queries of these token counts")  # fmt: skip
     ap.add_argument("--tmp", type=Path, default=None, help="where indexes are built (needs ~8 GB at 100k pages)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep the local indexes built in this folder, and measure them again on the next run "
+                    "instead of building them (~60 GB for 20k + 100k + 300k pages)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--name", default="scale")
     ap.add_argument(
@@ -442,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             token_queries = {t: corpus.queries(a.queries, tokens=t)[0] for t in a.query_tokens}
             names = [f"/synthetic/{i:06d}.png" for i in range(n)]
             got = run_corpus(f"synthetic-{n}", lambda c=corpus: c.records(a.commit_pages), n, queries, planted, names,
-                             a.settings, Path(tmp), qdrant_max_pages=a.qdrant_max_pages,
-                             token_queries=token_queries)  # fmt: skip
+                             a.settings, Path(tmp), qdrant_max_pages=a.qdrant_max_pages, token_queries=token_queries,
+                             kept=a.keep / f"synthetic-{n}-c{a.commit_pages}" if a.keep else None)  # fmt: skip
             merge(f"synthetic-{n}", got)
             write()
         if a.bundle:
