@@ -609,9 +609,9 @@ def test_index_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
 def test_ctrl_c_during_add_is_one_line(capsys, monkeypatch, tiny_bundle: Path, two_pages: Path,
                                        tmp_path: Path) -> None:  # fmt: skip
     """A KeyboardInterrupt printed a traceback; the index was fine, and still is."""
-    import runtime.cli.index as cli_index
+    import runtime.ingest.add as ingest_add
 
-    real = cli_index.encode_stream
+    real = ingest_add.encode_stream
 
     def interrupted(*args, **kwargs):
         for n, item in enumerate(real(*args, **kwargs)):
@@ -619,7 +619,7 @@ def test_ctrl_c_during_add_is_one_line(capsys, monkeypatch, tiny_bundle: Path, t
                 raise KeyboardInterrupt  # what SIGINT raises in the main thread, at this point
             yield item
 
-    monkeypatch.setattr(cli_index, "encode_stream", interrupted)
+    monkeypatch.setattr(ingest_add, "encode_stream", interrupted)
     render_page(list(SAMPLE_PAGES.values())[2]).save(two_pages / "third.png")
     idx = tmp_path / "idx"
     code, _, err = _run(capsys, "index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--no-progress",

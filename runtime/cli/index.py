@@ -12,18 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError, UserError
+from ..ingest.add import add_pages
 from ..ingest.batches import FileBatches
 from ..ingest.npz import read_npz
-from ..ingest.sources import Failed, iter_sources
-from ..ingest.stream import Encoded, Skipped, encode_stream, progress
-from ..stores.base import PageRecord, bundle_identity, check_identity
+from ..ingest.sources import iter_sources
+from ..ingest.stream import progress
+from ..stores.base import bundle_identity, check_identity
 from .common import check_compact, existing_store, exists, load_model, report_failure, store, store_with_model
 
 __all__ = ["ACTIONS"]
-
-# What encode_stream's skip callback answers for a page whose bytes are stored under another path:
-# its record is written with the stored rows, not encoded again.
-_SHARE = "identical bytes are already stored"
 
 
 def add(args: argparse.Namespace) -> int:
@@ -42,7 +39,6 @@ def _add_pages(args: argparse.Namespace, model: Any, existing: Any, t0: float) -
     """Encode and commit the pages of ``args.paths`` into ``existing`` (held for writing), or into
     a new index created at the first commit, so a run that stores nothing leaves nothing."""
     identity = bundle_identity(model.bundle, model.precision)
-    skipped = shared = failed = 0
     with contextlib.ExitStack() as stack:
         opened: list[Any] = [existing] if existing is not None else []
 
@@ -55,88 +51,29 @@ def _add_pages(args: argparse.Namespace, model: Any, existing: Any, t0: float) -
                 opened.append(s)
             return opened[0]
 
-        # Read by the preprocessing thread, written here: dict and set operations are atomic in CPython.
-        stored: dict[tuple[str, int], str] = {}
-        hashes: set[str] = set()
-        if existing is not None:
-            for page in existing.pages():
-                stored[(page["path"], page["page"])] = page["content_hash"]
-                hashes.add(page["content_hash"])
-        sharing = existing is not None and existing.shares_rows
-
-        def skip(src: Any) -> str | None:
-            if stored.get((src.path, src.page)) == src.content_hash:
-                return "already indexed"
-            if sharing and src.content_hash in hashes:
-                return _SHARE
-            return None
-
-        # The sources of pages queued to share stored rows: a commit in between may have replaced
-        # the only page that held those bytes (two files swapped contents), and then they are encoded.
-        to_share: dict[tuple[str, int], Any] = {}
-
-        def commit(batch: list[PageRecord]) -> int:
-            nonlocal shared, failed
-            s = target()
-            ready = []
-            for r in batch:
-                src = to_share.pop((r.path, r.page), None)
-                if r.embeddings is None and s.page_state(r.path, r.page, r.content_hash) == "new":
-                    shared -= 1
-                    r = _encode_now(model, src)
-                    if r is None:
-                        failed += 1
-                        continue
-                ready.append(r)
-            n = s.add_batch(ready)
-            for r in batch:
-                stored[(r.path, r.page)] = r.content_hash
-                hashes.add(r.content_hash)
-            return n
-
-        batches = FileBatches(args.commit_pages, commit)
         bar = progress(None, "index add", enabled=False if args.no_progress else None)
+
+        def on_event(kind: str, *info: Any) -> None:
+            if kind == "failed":
+                report_failure(info[0])
+            elif kind == "skipped":
+                print(f"skipped {info[0].name}: {info[1]}", file=sys.stderr)
+            elif kind == "note":
+                print(f"note: {info[0].note}", file=sys.stderr)
+            elif kind == "page":
+                bar.update()
+
         sources = iter_sources(args.paths, args.dpi, args.max_file_mb)
-        for item in encode_stream(model, model.processor, sources, args.batch_tiles, skip=skip):
-            if isinstance(item, Failed):
-                batches.at(item.path)
-                failed += 1
-                report_failure(item)
-            elif isinstance(item, Skipped):
-                src = item.source
-                if item.reason == _SHARE:
-                    to_share[(src.path, src.page)] = src
-                    batches.add(PageRecord(src.path, src.page, src.content_hash, src.size, None))
-                    shared += 1
-                else:
-                    batches.at(src.path)
-                    skipped += 1
-                    print(f"skipped {src.name}: {item.reason}", file=sys.stderr)
-            else:
-                src = item.source
-                if src.note and src.page == 1:
-                    print(f"note: {src.note}", file=sys.stderr)
-                batches.add(PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings, item.layout))
-            bar.update()
-        batches.flush()
+        rep = add_pages(model, sources, target, existing, args.commit_pages, args.batch_tiles, on_event)
         bar.close()
-    added = batches.stored
     secs = time.perf_counter() - t0
-    extra = f" ({shared} sharing the rows of identical stored pages)" if shared else ""
-    print(f"added {added} page(s){extra}, skipped {skipped} already indexed, {failed} failed, in {secs:.1f}s")
-    if failed:
-        return 1 if added or skipped else 2
+    extra = f" ({rep.shared} sharing the rows of identical stored pages)" if rep.shared else ""
+    print(
+        f"added {rep.added} page(s){extra}, skipped {rep.skipped} already indexed, {rep.failed} failed, in {secs:.1f}s"
+    )
+    if rep.failed:
+        return 1 if rep.added or rep.skipped else 2
     return 0
-
-
-def _encode_now(model: Any, src: Any) -> PageRecord | None:
-    """One page encoded on the spot (its record), or None after reporting why it failed."""
-    for item in encode_stream(model, model.processor, [src]):
-        if isinstance(item, Encoded):
-            return PageRecord(src.path, src.page, src.content_hash, src.size, item.embeddings, item.layout)
-        if isinstance(item, Failed):
-            report_failure(item)
-    return None
 
 
 def import_(args: argparse.Namespace) -> int:
