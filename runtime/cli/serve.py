@@ -39,6 +39,11 @@ def add_serve_parser(sub: Any) -> None:
     sv.add_argument("--max-waiting", type=positive, default=64,
                     help="queries waiting to be encoded before requests get 429 (default 64)")  # fmt: skip
     sv.add_argument("--max-connections", type=positive, default=64, help="open connections (default 64; 503 beyond)")
+    sv.add_argument("--allow-path", type=path_arg, action="append", default=[], metavar="DIR",
+                    help="POST /pages may name files under DIR on this machine (repeatable; default: none, "
+                    "uploads only)")  # fmt: skip
+    sv.add_argument("--max-upload-mb", type=positive, default=100, help="largest upload body (default 100)")
+    sv.add_argument("--commit-pages", type=positive, default=16, help="pages per commit of an ingestion job")
     sv.add_argument("--quiet", action="store_true", help="no line per request on stderr")
 
 
@@ -81,10 +86,15 @@ def serve(args: argparse.Namespace) -> int:
         meta = s.meta
     model = load_model(args.bundle or meta["bundle_path"], args.precision or meta["precision"], args.threads,
                        args.engine)  # fmt: skip
-    config = ServiceConfig(max_batch=args.max_batch, window_ms=args.batch_window_ms, max_waiting=args.max_waiting)
+    for folder in args.allow_path:
+        if not Path(folder).is_dir():
+            raise UserError(f"--allow-path {folder}: not a folder")
+    config = ServiceConfig(max_batch=args.max_batch, window_ms=args.batch_window_ms, max_waiting=args.max_waiting,
+                           allow_paths=tuple(args.allow_path), commit_pages=args.commit_pages)  # fmt: skip
     service = Service(model, args.store, args.index, getattr(args, "url", None), args.collection, config)
     try:
-        options = ServeOptions(token, args.cors_origin, args.max_connections, log=not args.quiet)
+        options = ServeOptions(token, args.cors_origin, args.max_connections, log=not args.quiet,
+                               max_upload_bytes=args.max_upload_mb << 20)  # fmt: skip
         try:
             server = make_server(service, args.host, args.port, options)
         except OSError as exc:
@@ -97,7 +107,10 @@ def serve(args: argparse.Namespace) -> int:
         host, port = server.server_address[:2]
         print(f"serving {args.index or args.url} on http://{host}:{port} (API: /docs)"
               + (" with a token" if token else ""), file=sys.stderr, flush=True)  # fmt: skip
-        stop.wait()
+        # A signal may land on any thread, and a wait without a timeout would not wake for it:
+        # the handler runs only when the main thread next runs Python, so wake it twice a second.
+        while not stop.wait(0.5):
+            pass
         print("stopping: finishing the requests in flight", file=sys.stderr, flush=True)
         server.shutdown()  # no new connections
         if not server.drain(DRAIN_S):

@@ -11,25 +11,31 @@ body with a one-line message for every error, the server's own (bad request line
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import hmac
 import html
 import json
+import os
+import re
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from ..errors import InputError, StoreError, UserError
 from .batching import Overloaded
+from .jobs import QueueFull, sniff
 from .openapi import openapi
-from .service import MAX_K, MAX_QUERIES, MAX_RERANK, Service, Unavailable
+from .service import MAX_K, MAX_QUERIES, MAX_RERANK, Forbidden, Service, Unavailable
 
 __all__ = ["ROUTES", "HttpError", "ServeOptions", "make_server"]
 
@@ -49,8 +55,10 @@ class ServeOptions:
     """What the command line decides about the HTTP side."""
 
     def __init__(self, token: str | None = None, cors_origin: str | None = None, max_connections: int = 64,
-                 socket_timeout_s: float = 30.0, log: bool = True) -> None:  # fmt: skip
+                 socket_timeout_s: float = 30.0, log: bool = True,
+                 max_upload_bytes: int = 100 << 20) -> None:  # fmt: skip
         self.token = token
+        self.max_upload_bytes = max_upload_bytes
         self.cors_origin = cors_origin
         self.max_connections = max_connections
         self.socket_timeout_s = socket_timeout_s
@@ -58,6 +66,14 @@ class ServeOptions:
 
 
 Response = tuple[int, bytes, str, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Request:
+    body: bytes
+    params: dict[str, str]  # from the path: /jobs/{id}
+    query: dict[str, list[str]]  # from the query string
+    content_type: str
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -113,8 +129,8 @@ def _known(body: dict[str, Any], names: set[str]) -> None:
 # -- the routes -------------------------------------------------------------------------------
 
 
-def _search(service: Service, body: bytes) -> Response:
-    req = _body_json(body)
+def _search(service: Service, r: Request) -> Response:
+    req = _body_json(r.body)
     _known(req, {"query", "queries", "k", "rerank", "exact"})
     queries = _queries(req)
     k = _int_field(req, "k", 10, 1, MAX_K)
@@ -125,8 +141,8 @@ def _search(service: Service, body: bytes) -> Response:
     return _json(service.search(queries, k=int(k or 10), rerank=rerank, exact=exact))
 
 
-def _embed_queries(service: Service, body: bytes) -> Response:
-    req = _body_json(body)
+def _embed_queries(service: Service, r: Request) -> Response:
+    req = _body_json(r.body)
     _known(req, {"query", "queries"})
     vecs, _ = service.query_vectors(_queries(req))
     offsets = np.concatenate([[0], np.cumsum([len(v) for v in vecs])])
@@ -135,12 +151,12 @@ def _embed_queries(service: Service, body: bytes) -> Response:
     return 200, data, "application/octet-stream", headers
 
 
-def _ready(service: Service, _: bytes) -> Response:
+def _ready(service: Service, _: Request) -> Response:
     ok, why = service.ready()
     return _json({"ready": ok, "reason": why}, 200 if ok else 503, {} if ok else {"Retry-After": "5"})
 
 
-def _docs(_: Service, __: bytes) -> Response:
+def _docs(_: Service, __: Request) -> Response:
     spec = openapi(VERSION)
     rows = "".join(
         f"<tr><td><code>{m.upper()}</code></td><td><code>{html.escape(p)}</code></td>"
@@ -154,12 +170,80 @@ def _docs(_: Service, __: bytes) -> Response:
     return 200, page.encode(), "text/html; charset=utf-8", {}
 
 
-Handler = Callable[[Service, bytes], Response]
+def _add_pages(service: Service, r: Request) -> Response:
+    """Uploaded files (multipart/form-data) or server-side paths ({"paths": [...]}) -> a job (202)."""
+    ingest = service.ingestor
+    if r.content_type.lower().startswith("multipart/form-data"):
+        files = _multipart_files(r.content_type, r.body)
+        stored, names = [], []
+        for name, data in files:
+            suffix = sniff(data)
+            if suffix is None:
+                raise HttpError(415, f"{name}: not an image or a PDF (judged by its bytes, not its name)")
+            stored.append(str(ingest.store_upload(data, suffix)))
+            names.append(name)
+        job = ingest.submit(stored, names)
+    else:
+        req = _body_json(r.body)
+        _known(req, {"paths"})
+        paths = req.get("paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+            raise HttpError(400, '"paths" must be a non-empty list of paths on the server')
+        job = ingest.submit([service.allowed_path(p) for p in paths])
+    return _json(_job_view(job), 202, {"Location": f"/jobs/{job['id']}"})
 
-# (method, path) -> (handler, needs the token)
+
+def _multipart_files(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
+    )
+    if not msg.is_multipart():
+        raise HttpError(400, "the multipart body could not be read (check its boundary)")
+    files = []
+    for part in msg.iter_parts():
+        filename = part.get_filename()
+        if filename is None:
+            continue  # a form field, not a file
+        data = part.get_payload(decode=True) or b""
+        name = "".join(c for c in os.path.basename(filename.replace("\\", "/")) if c.isprintable())[:200] or "file"
+        if not data:
+            raise HttpError(400, f"{name}: the file is empty")
+        files.append((name, data))
+    if not files:
+        raise HttpError(400, "no files in the upload (send them as multipart/form-data file fields)")
+    return files
+
+
+def _job_view(job: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in job.items() if k != "committed"}
+    view["committed_pages"] = len(job.get("committed", []))
+    return view
+
+
+def _job(service: Service, r: Request) -> Response:
+    job = service.ingestor.get(r.params["id"])
+    if job is None:
+        raise HttpError(404, f"no such job: {r.params['id'][:40]}")
+    full = r.query.get("pages", ["0"])[0] == "1"
+    return _json(job if full else _job_view(job))
+
+
+def _remove_pages(service: Service, r: Request) -> Response:
+    paths = r.query.get("path", [])
+    if not paths or not all(paths):
+        raise HttpError(400, "name the pages' files: DELETE /pages?path=/stored/path[&path=...]")
+    return _json({"removed": service.ingestor.remove(paths, service.config.timeout_s)})
+
+
+Handler = Callable[[Service, Request], Response]
+
+# (method, path) -> (handler, needs the token); "{name}" matches one path segment
 ROUTES: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("POST", "/search"): (_search, True),
     ("POST", "/embed/queries"): (_embed_queries, True),
+    ("POST", "/pages"): (_add_pages, True),
+    ("DELETE", "/pages"): (_remove_pages, True),
+    ("GET", "/jobs/{id}"): (_job, True),
     ("GET", "/info"): (lambda s, _: _json(s.info()), True),
     ("GET", "/metrics"): (lambda s, _: (200, s.metrics.text().encode(), "text/plain; version=0.0.4", {}), True),
     ("GET", "/healthz"): (lambda s, _: _json({"status": "ok"}), False),
@@ -167,6 +251,20 @@ ROUTES: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/openapi.json"): (lambda s, _: _json(openapi(VERSION)), False),
     ("GET", "/docs"): (_docs, False),
 }
+_PATTERNS = [(m, re.compile("^" + re.sub(r"\\{(\w+)\\}", r"(?P<\1>[A-Za-z0-9_-]{1,64})", re.escape(p)) + "$"), p)
+             for m, p in ROUTES]  # fmt: skip
+
+
+def _route(method: str, path: str) -> tuple[str | None, dict[str, str], list[str]]:
+    """The route template ``path`` matches for ``method``, its parameters, and the methods it allows."""
+    allowed, found, params = [], None, {}
+    for m, pattern, template in _PATTERNS:
+        match = pattern.match(path)
+        if match:
+            allowed.append(m)
+            if m == method:
+                found, params = template, match.groupdict()
+    return found, params, sorted(set(allowed))
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -270,7 +368,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._consumed = False
         t0 = time.perf_counter()
         path = urlsplit(self.path).path
-        route = path if any(p == path for _, p in ROUTES) else "other"
+        route = _route("GET" if method == "HEAD" else method, path)[0] or "other"
         status = 500
         try:
             status, body, ctype, headers = self._answer(method, path)
@@ -278,7 +376,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, ctype, headers = _error(exc.status, str(exc), exc.headers)
         except Overloaded as exc:
             status, body, ctype, headers = _error(429, str(exc), {"Retry-After": "1"})
-        except Unavailable as exc:
+        except Forbidden as exc:
+            status, body, ctype, headers = _error(403, str(exc))
+        except (Unavailable, QueueFull) as exc:
             status, body, ctype, headers = _error(503, str(exc), {"Retry-After": "5"})
         except (InputError, UserError) as exc:
             # A damaged index is the server's problem, not the request's.
@@ -302,13 +402,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "Access-Control-Allow-Headers": "Authorization, Content-Type",
                 "Access-Control-Max-Age": "600",
             }  # fmt: skip
-        found = ROUTES.get(("GET" if method == "HEAD" else method, path))
-        if found is None:
-            allowed = sorted(m for m, p in ROUTES if p == path)
+        template, params, allowed = _route("GET" if method == "HEAD" else method, path)
+        if template is None:
             if allowed:
-                raise HttpError(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                raise HttpError(405, f"{method} is not allowed on {path[:200]}; use {', '.join(allowed)}",
                                 {"Allow": ", ".join(allowed)})  # fmt: skip
             raise HttpError(404, f"no such endpoint: {path[:200]}")
+        found = ROUTES[("GET" if method == "HEAD" else method, template)]
         handler, needs_token = found
         if needs_token and opts.token is not None:
             given = self.headers.get("Authorization", "")
@@ -316,10 +416,12 @@ class _Handler(BaseHTTPRequestHandler):
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), opts.token.encode()):
                 raise HttpError(401, "missing or wrong token (send Authorization: Bearer TOKEN)",
                                 {"WWW-Authenticate": "Bearer"})  # fmt: skip
-        body = self._read_body() if method == "POST" else b""
-        return handler(self.server.service, body)
+        limit = self.server.options.max_upload_bytes if template == "/pages" else MAX_JSON_BYTES
+        body = self._read_body(limit) if method == "POST" else b""
+        query = parse_qs(urlsplit(self.path).query, max_num_fields=100)
+        return handler(self.server.service, Request(body, params, query, self.headers.get("Content-Type", "")))
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, limit: int) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise HttpError(411, "chunked bodies are not taken; send Content-Length")
         length = self.headers.get("Content-Length")
@@ -331,8 +433,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"Content-Length is not a number: {length[:40]!r}") from None
         if n < 0:
             raise HttpError(400, "Content-Length is negative")
-        if n > MAX_JSON_BYTES:
-            raise HttpError(413, f"the body is {n} bytes; at most {MAX_JSON_BYTES}")
+        if n > limit:
+            raise HttpError(413, f"the body is {n} bytes; at most {limit}")
         try:
             data = self.rfile.read(n)
         except TimeoutError:

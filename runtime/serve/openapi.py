@@ -69,6 +69,17 @@ def openapi(version: str) -> dict[str, Any]:
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
     any_json = _json({"type": "object"}, "JSON")
+    job = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"enum": ["queued", "running", "done", "failed", "interrupted", "refused"]},
+            "pages_seen": {"type": "integer"}, "pages_done": {"type": "integer"},
+            "pages_skipped": {"type": "integer"}, "pages_failed": {"type": "integer"},
+            "failures": {"type": "array", "items": {"type": "string"}, "description": "one line each (first 100)"},
+            "committed_pages": {"type": "integer"}, "error": {"type": ["string", "null"]},
+        },
+    }  # fmt: skip
     return {
         "openapi": "3.1.0",
         "info": {
@@ -84,6 +95,36 @@ def openapi(version: str) -> dict[str, Any]:
         "paths": {
             "/search": {"post": _op("rank the index's pages for each query", _json(search_ok, "hits"), search_body)},
             "/embed/queries": {"post": _op("the queries' multi-vectors, float16", embed_ok, _QUERIES)},
+            "/pages": {
+                "post": {
+                    **_op(
+                        "add pages: uploaded files (multipart/form-data) or server-side paths under --allow-path",
+                        {"description": "unused"},
+                        {"type": "object", "properties": {"paths": {"type": "array", "items": {"type": "string"}}}},
+                    ),
+                    "responses": {
+                        "202": _json(job, "the job, queued"),
+                        "400": _ERROR,
+                        "401": _ERROR,
+                        "403": _ERROR,
+                        "413": _ERROR,
+                        "415": _ERROR,
+                        "503": _ERROR,
+                    },
+                },
+                "delete": {
+                    **_op(
+                        "forget the pages of stored files (?path=... repeated)", _json({"type": "object"}, "removed")
+                    ),
+                    "parameters": [{"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}],
+                },
+            },
+            "/jobs/{id}": {
+                "get": {
+                    **_op("an ingestion job's progress (?pages=1 lists the pages committed)", _json(job, "the job")),
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                }
+            },
             "/info": {"get": _op("index, bundle, engine and precision", any_json)},
             "/metrics": {"get": _op("Prometheus text", {"description": "text/plain; version=0.0.4"})},
             "/healthz": {"get": _op("the process is alive", any_json, auth=False)},

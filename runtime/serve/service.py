@@ -9,6 +9,7 @@ two searches at once). So while one batch of queries is searched the next is enc
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,13 +26,17 @@ from ..stores.open import open_store
 from .batching import QueryBatcher
 from .metrics import Metrics
 
-__all__ = ["MAX_K", "MAX_QUERIES", "Service", "ServiceConfig", "Unavailable"]
+__all__ = ["MAX_K", "MAX_QUERIES", "Forbidden", "Service", "ServiceConfig", "Unavailable"]
 
 T = TypeVar("T")
 
 MAX_K = 1000
 MAX_RERANK = 10_000
 MAX_QUERIES = 64  # per request
+
+
+class Forbidden(UserError):
+    """A server-side path outside the folders the service was allowed (HTTP 403)."""
 
 
 class Unavailable(UserError):
@@ -47,6 +52,9 @@ class ServiceConfig:
     window_ms: float = 0.0
     max_waiting: int = 64  # queries waiting to be encoded before requests get 429
     timeout_s: float = 60.0  # the longest a request waits for its encode or its search
+    allow_paths: tuple[str, ...] = ()  # folders whose files POST /pages may name on the server
+    commit_pages: int = 16
+    max_queued_jobs: int = 16
 
 
 class Service:
@@ -80,8 +88,34 @@ class Service:
         cfg = self.config
         self.batcher = QueryBatcher(self._encode, cfg.max_batch, cfg.window_ms / 1000, cfg.max_waiting,
                                     on_batch=self.metrics.query_batch)  # fmt: skip
+        self._ingestor = None
+        if index is not None:  # jobs and uploads live in the index's folder
+            from .jobs import Ingestor
+
+            self._ingestor = Ingestor(model, store_kind, index, url, collection, cfg.commit_pages,
+                                      max_queued=cfg.max_queued_jobs)  # fmt: skip
+            self.metrics.gauges["collfm2_jobs_waiting"] = ("Ingestion jobs waiting.", self._ingestor.depth)
 
     # -- the pieces -------------------------------------------------------------------------
+
+    @property
+    def ingestor(self) -> Any:
+        if self._ingestor is None:
+            raise UserError("adding pages needs an index folder (--index); this service searches a Qdrant server")
+        return self._ingestor
+
+    def allowed_path(self, path: str) -> str:
+        """``path`` resolved, if it lies in a folder of ``allow_paths``; else a one-line refusal."""
+        if not self.config.allow_paths:
+            raise Forbidden("this service takes no paths on its machine (start it with --allow-path DIR)")
+        if "\0" in path:
+            raise InputError("a path cannot hold a NUL byte")
+        real = os.path.realpath(path)
+        for root in self.config.allow_paths:
+            base = os.path.realpath(root)
+            if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+                return real
+        raise Forbidden(f"{path[:200]}: not under an --allow-path folder")
 
     def _encode(self, input_ids: np.ndarray) -> list[np.ndarray]:
         return self.model.encode_rows({"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
@@ -163,7 +197,10 @@ class Service:
         return True, "ready"
 
     def close(self) -> None:
-        """Finish what was asked, then close the store (on its own thread)."""
+        """Finish what was asked (an ingestion job stops after its current commit), then close the
+        store (on its own thread)."""
+        if self._ingestor is not None:
+            self._ingestor.close()
         self.batcher.close()
         self._closing.set()
         self._store_thread.submit(self._stack.close).result()
