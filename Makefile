@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The demo exports fp32 only, to stay quick; pass DEMO_PRECISION=fp32,fp16,int8 for all three.
 DEMO_PRECISION ?= fp32
 
-.PHONY: setup demo test lint format clean qemu
+.PHONY: setup demo test lint format clean qemu browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,7 +51,15 @@ qemu: $(STAMP)
 		$(MAKE) --no-print-directory $(QEMU_DIR)/.ready; \
 	else echo "note: not root with apt: the emulated-CPU tests will skip (sudo jetson/qemu_setup.sh $(QEMU_DIR))"; fi
 
-test: lint qemu
+# The web page's test drives Debian's chromium through chromedriver (tests/test_serve_browser.py):
+# installed here when this is root with apt (CI is), else that test skips and says why (CI fails).
+browser: $(STAMP)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "note: not root with apt: the browser test will skip (apt-get install chromium chromium-driver)"; fi
+
+test: lint qemu browser
 	# pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
 	COLLFM2_QEMU_DIR=$(QEMU_DIR) $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QueryError, UserError
-from ..ingest.sources import Failed, iter_sources
+from ..ingest.sources import page_source
 from .common import load_model, store_with_model
 
 __all__ = ["explain", "search"]
@@ -56,17 +56,6 @@ def _writable_folder(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot be a folder for the maps ({exc.strerror or exc})") from None
 
 
-def _page_source(path: str, page: int, dpi: int) -> Any:
-    if Path(path).is_dir():
-        raise UserError(f"{path}: a folder; explain takes one page's file")
-    for src in iter_sources([path], dpi):
-        if isinstance(src, Failed):
-            raise UserError(src.message)
-        if src.page == page:
-            return src
-    raise UserError(f"{path}: has no page {page}")
-
-
 def _explain_page(model: Any, store: Any, query: str, src: Any, out: str, stem: str, tokens: bool) -> list[Path]:
     """Maps of one page: its stored rows when the store has this version of it, else encoded now."""
     from PIL import Image
@@ -102,7 +91,7 @@ def _explain_hits(model: Any, store: Any, query: str, hits: list[Any], args: arg
     failed = 0
     for h in hits:
         try:
-            src = _page_source(h.path, h.page, args.dpi)
+            src = page_source(h.path, h.page, args.dpi)
             _explain_page(model, store, query, src, args.explain, f"{h.rank:02d}-{_stem(src)}", tokens=False)
         except UserError as exc:  # a hit whose file moved or changed: say so, explain the others
             failed += 1
@@ -114,7 +103,7 @@ def explain(args: argparse.Namespace) -> int:
     query = " ".join(args.query.split())
     if not query:
         raise QueryError("empty query: type some words to search for")
-    src = _page_source(args.file, args.page, args.dpi)
+    src = page_source(args.file, args.page, args.dpi)
     _writable_folder(args.out, "--out")
     if args.index:
         args.store = "local"

@@ -112,6 +112,7 @@ def serve(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
         print("stopping: finishing the requests in flight", file=sys.stderr, flush=True)
+        server.stopping.set()  # event streams end
         server.shutdown()  # no new connections
         if not server.drain(DRAIN_S):
             print(f"stopping: requests still running after {DRAIN_S:.0f} s", file=sys.stderr)

@@ -22,6 +22,7 @@ __all__ = [
     "PageSource",
     "image_sources",
     "iter_sources",
+    "page_source",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -187,6 +188,18 @@ def iter_sources(
             yield from _pdf_pages(item, data, digest, dpi)
         else:
             yield from _image_pages(item, data, digest)
+
+
+def page_source(path: str, page: int, dpi: int = DEFAULT_DPI) -> PageSource:
+    """Page ``page`` (from 1) of one file, as ``iter_sources`` reads it; a one-line error otherwise."""
+    if Path(path).is_dir():
+        raise InputError(f"{path}: a folder; one page's file is needed")
+    for src in iter_sources([path], dpi):
+        if isinstance(src, Failed):
+            raise InputError(src.message)
+        if src.page == page:
+            return src
+    raise InputError(f"{path}: has no page {page}")
 
 
 def image_sources(images: Iterable[Any]) -> Iterator[PageSource]:

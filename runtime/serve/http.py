@@ -35,7 +35,7 @@ from ..errors import InputError, StoreError, UserError
 from .batching import Overloaded
 from .jobs import QueueFull, sniff
 from .openapi import openapi
-from .service import MAX_K, MAX_QUERIES, MAX_RERANK, Forbidden, Service, Unavailable
+from .service import MAX_K, MAX_QUERIES, MAX_RERANK, Forbidden, NotFound, Service, Unavailable
 
 __all__ = ["ROUTES", "HttpError", "ServeOptions", "make_server"]
 
@@ -235,6 +235,72 @@ def _remove_pages(service: Service, r: Request) -> Response:
     return _json({"removed": service.ingestor.remove(paths, service.config.timeout_s)})
 
 
+def _one(r: Request, name: str, default: str | None = None) -> str:
+    values = r.query.get(name)
+    if not values:
+        if default is None:
+            raise HttpError(400, f"give ?{name}=...")
+        return default
+    return values[0]
+
+
+def _page_args(r: Request) -> tuple[str, int, int]:
+    page, side = _one(r, "page", "1"), _one(r, "max_side", "1600")
+    if not page.isdigit() or not 1 <= int(page) <= 100_000:
+        raise HttpError(400, f"page must be a page number from 1, got {page[:20]!r}")
+    if not side.isdigit() or not 16 <= int(side) <= 4096:
+        raise HttpError(400, f"max_side must be 16 to 4096 pixels, got {side[:20]!r}")
+    return _one(r, "path"), int(page), int(side)
+
+
+def _png(image: Any, headers: dict[str, str]) -> Response:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return 200, buf.getvalue(), "image/png", headers
+
+
+def _page_image(service: Service, r: Request) -> Response:
+    path, page, side = _page_args(r)
+    image, stale = service.page_image(path, page, side)
+    return _png(image, {"X-Collfm2-Stale": "true"} if stale else {})
+
+
+def _page_explain(service: Service, r: Request) -> Response:
+    path, page, side = _page_args(r)
+    query = _queries({"query": _one(r, "query")})[0]
+    which = _one(r, "token", "max")
+    if which not in ("max", "sum") and not which.isdigit():
+        raise HttpError(400, f"token must be max, sum or a token number, got {which[:20]!r}")
+    image, meta = service.page_explain(path, page, query, which if which in ("max", "sum") else int(which), side)
+    if _one(r, "format", "png") == "json":
+        return _json(meta)
+    return _png(
+        image, {"X-Collfm2-Score": f"{meta['score']:.6f}", **({"X-Collfm2-Stale": "true"} if meta["stale"] else {})}
+    )
+
+
+def _job_events(service: Service, r: Request) -> Response:
+    """Server-sent events: the job each time it changes, until it ends (streamed by the handler)."""
+    job_id = r.params["id"]
+    if service.ingestor.get(job_id) is None:
+        raise HttpError(404, f"no such job: {job_id[:40]}")
+    return 200, b"", "text/event-stream", {"X-Collfm2-Stream": job_id}
+
+
+def _page(_: Service, __: Request) -> Response:
+    """The web page: plain HTML and JS in the package, no build step."""
+    from importlib.resources import files
+
+    page = files("runtime.serve").joinpath("static/index.html").read_bytes()
+    return 200, page, "text/html; charset=utf-8", {"Content-Security-Policy": CSP}
+
+
+# The page loads nothing from elsewhere, and page images are blob: URLs (fetched with the token).
+CSP = "default-src 'self'; img-src 'self' blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
 Handler = Callable[[Service, Request], Response]
 
 # (method, path) -> (handler, needs the token); "{name}" matches one path segment
@@ -244,12 +310,16 @@ ROUTES: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("POST", "/pages"): (_add_pages, True),
     ("DELETE", "/pages"): (_remove_pages, True),
     ("GET", "/jobs/{id}"): (_job, True),
+    ("GET", "/jobs/{id}/events"): (_job_events, True),
+    ("GET", "/pages/image"): (_page_image, True),
+    ("GET", "/pages/explain"): (_page_explain, True),
     ("GET", "/info"): (lambda s, _: _json(s.info()), True),
     ("GET", "/metrics"): (lambda s, _: (200, s.metrics.text().encode(), "text/plain; version=0.0.4", {}), True),
     ("GET", "/healthz"): (lambda s, _: _json({"status": "ok"}), False),
     ("GET", "/readyz"): (_ready, True),
     ("GET", "/openapi.json"): (lambda s, _: _json(openapi(VERSION)), False),
     ("GET", "/docs"): (_docs, False),
+    ("GET", "/"): (_page, False),
 }
 _PATTERNS = [(m, re.compile("^" + re.sub(r"\\{(\w+)\\}", r"(?P<\1>[A-Za-z0-9_-]{1,64})", re.escape(p)) + "$"), p)
              for m, p in ROUTES]  # fmt: skip
@@ -280,6 +350,7 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(options.max_connections)
         self._active = 0
         self._idle = threading.Condition()
+        self.stopping = threading.Event()  # set before shutdown: event streams end
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -378,6 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, ctype, headers = _error(429, str(exc), {"Retry-After": "1"})
         except Forbidden as exc:
             status, body, ctype, headers = _error(403, str(exc))
+        except NotFound as exc:
+            status, body, ctype, headers = _error(404, str(exc))
         except (Unavailable, QueueFull) as exc:
             status, body, ctype, headers = _error(503, str(exc), {"Retry-After": "5"})
         except (InputError, UserError) as exc:
@@ -388,8 +461,12 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, ctype, headers = _error(500, "internal error; the service's log has the details")
         if not self._consumed and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
             self.close_connection = True  # an unread body would be taken for the next request
+        stream = headers.pop("X-Collfm2-Stream", None) if status == 200 else None
         try:
-            self._send(status, body, ctype, headers, head_only=method == "HEAD")
+            if stream is not None:
+                self._stream_job(stream)
+            else:
+                self._send(status, body, ctype, headers, head_only=method == "HEAD")
         finally:
             self.server.service.metrics.request(method, route, status, time.perf_counter() - t0)
             self.server.end()
@@ -466,6 +543,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body)
         except OSError:  # the client went away: nothing to tell it
             self.close_connection = True
+
+    def _stream_job(self, job_id: str, poll_s: float = 0.2, limit_s: float = 3600.0) -> None:
+        """``text/event-stream`` of one job: an event whenever it changes, the last when it ends."""
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            origin = self.server.options.cors_origin
+            if origin and self.headers.get("Origin") == origin:
+                self.send_header("Access-Control-Allow-Origin", origin)
+            self.end_headers()
+            last, deadline = None, time.monotonic() + limit_s
+            while time.monotonic() < deadline:
+                job = self.server.service.ingestor.get(job_id)
+                text = json.dumps(_job_view(job)) if job else json.dumps({"id": job_id, "state": "gone"})
+                if text != last:
+                    self.wfile.write(f"data: {text}\n\n".encode())
+                    self.wfile.flush()
+                    last = text
+                if job is None or job["state"] not in ("queued", "running") or self.server.stopping.is_set():
+                    return
+                time.sleep(poll_s)
+        except OSError:  # the client went away
+            return
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # The base class's own errors (bad request line, header too long, unsupported method):

@@ -69,6 +69,12 @@ def openapi(version: str) -> dict[str, Any]:
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
     any_json = _json({"type": "object"}, "JSON")
+    png = {"description": "image/png; X-Collfm2-Stale: true when the file changed since it was indexed"}
+    page_params = [
+        {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}},
+        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+        {"name": "max_side", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 4096}},
+    ]
     job = {
         "type": "object",
         "properties": {
@@ -125,11 +131,42 @@ def openapi(version: str) -> dict[str, Any]:
                     "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 }
             },
+            "/jobs/{id}/events": {
+                "get": {
+                    **_op(
+                        "server-sent events: the job each time it changes, until it ends",
+                        {"description": "text/event-stream; each event's data is the job as JSON"},
+                    ),
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                }
+            },
+            "/pages/image": {"get": {**_op("an indexed page as PNG", png), "parameters": page_params}},
+            "/pages/explain": {
+                "get": {
+                    **_op("the page with a query's similarity map over it (PNG; format=json: tokens and score)", png),
+                    "parameters": [
+                        *page_params,
+                        {"name": "query", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": "token",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "max (default), sum, or a query token's number",
+                        },
+                        {"name": "format", "in": "query", "schema": {"enum": ["png", "json"]}},
+                    ],
+                }
+            },
             "/info": {"get": _op("index, bundle, engine and precision", any_json)},
             "/metrics": {"get": _op("Prometheus text", {"description": "text/plain; version=0.0.4"})},
             "/healthz": {"get": _op("the process is alive", any_json, auth=False)},
             "/readyz": {"get": _op("the model is loaded and the index readable (503 when not)", any_json)},
             "/openapi.json": {"get": _op("this schema", any_json, auth=False)},
             "/docs": {"get": _op("this schema as a page", {"description": "text/html"}, auth=False)},
+            "/": {
+                "get": _op(
+                    "the web page: search, results, similarity maps, upload", {"description": "text/html"}, auth=False
+                )
+            },
         },
     }

@@ -26,13 +26,17 @@ from ..stores.open import open_store
 from .batching import QueryBatcher
 from .metrics import Metrics
 
-__all__ = ["MAX_K", "MAX_QUERIES", "Forbidden", "Service", "ServiceConfig", "Unavailable"]
+__all__ = ["MAX_K", "MAX_QUERIES", "Forbidden", "NotFound", "Service", "ServiceConfig", "Unavailable"]
 
 T = TypeVar("T")
 
 MAX_K = 1000
 MAX_RERANK = 10_000
 MAX_QUERIES = 64  # per request
+
+
+class NotFound(UserError):
+    """A page or job the service does not have (HTTP 404)."""
 
 
 class Forbidden(UserError):
@@ -164,6 +168,58 @@ class Service:
             "timings_ms": {name: round(s * 1000, 3) for name, s in stages.items()},
             "random_weights": bool(self.model.bundle.random_weights),
         }
+
+    def _stored(self, path: str, page: int) -> tuple[np.ndarray | None, str]:
+        """A stored page's rows (None when the index keeps no originals) and content hash."""
+
+        def look(store: Any) -> tuple[np.ndarray | None, str] | None:
+            got = store.page_rows(path, page)
+            if got is not None:
+                return got
+            catalog = getattr(store, "catalog", None)  # the local index without its originals
+            digest = catalog.db(lambda: catalog.stored_hash(path, page)) if catalog is not None else None
+            return None if digest is None else (None, digest)
+
+        found = self.on_store(look)
+        if found is None:
+            raise NotFound(f"the index has no page {page} of {path[:200]}")
+        return found
+
+    def page_image(self, path: str, page: int, max_side: int) -> tuple[Any, bool]:
+        """An indexed page as a PIL image no larger than ``max_side``, and whether its file changed
+        since it was indexed. Only indexed pages: this never reads a file the index does not name."""
+        from PIL import Image
+
+        from ..ingest.sources import page_source
+        from ..preprocess.image import decode_image
+
+        _, digest = self._stored(path, page)
+        src = page_source(path, page)
+        image = Image.fromarray(decode_image(src.load(), self.model.processor.decode, src.name))
+        image.thumbnail((max_side, max_side))
+        return image, src.content_hash != digest
+
+    def page_explain(self, path: str, page: int, query: str, which: int | str, max_side: int) -> tuple[Any, dict]:
+        """The page with the similarity map of ``query`` (token ``which``, or ``max``/``sum`` of all)
+        over it, from its stored vectors when its file is unchanged; and the tokens and score."""
+        from PIL import Image
+
+        from ..explain import explain, render
+        from ..ingest.sources import page_source
+        from ..preprocess.image import decode_image
+
+        rows, digest = self._stored(path, page)
+        src = page_source(path, page)
+        data = src.load()
+        stale = src.content_hash != digest
+        try:
+            expl = explain(self.model, query, data, None if stale else rows, name=src.name)
+        except InputError:  # stored at another --dpi: the rows do not fit this rendering
+            expl = explain(self.model, query, data, None, name=src.name)
+        image = Image.fromarray(decode_image(data, self.model.processor.decode, src.name))
+        out = render(expl, image, which)
+        out.thumbnail((max_side, max_side))
+        return out, {"tokens": expl.tokens, "score": expl.score, "stale": stale}
 
     def info(self) -> dict:
         bundle = self.model.bundle
