@@ -560,3 +560,44 @@ def _start(idx: Path) -> tuple[subprocess.Popen, int]:
             threading.Thread(target=proc.stderr.read, daemon=True).start()
             return proc, int(m.group(1))
     raise AssertionError("the service did not start")
+
+
+def test_page_images_and_maps_only_for_indexed_pages(fresh: tuple[_Running, Path], tmp_path: Path) -> None:
+    r, _ = fresh
+    page = str(tmp_path / "first.png")
+    status, headers, body = r.request("GET", f"/pages/image?path={page}&page=1&max_side=200")
+    assert status == 200 and headers["content-type"] == "image/png" and body.startswith(b"\x89PNG")
+    import io
+
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(body)).size) <= 200
+    status, headers, body = r.request("GET", f"/pages/explain?path={page}&page=1&query=contents&token=1")
+    assert status == 200 and body.startswith(b"\x89PNG") and float(headers["x-collfm2-score"]) != 0
+    status, _, body = r.request("GET", f"/pages/explain?path={page}&page=1&query=contents&format=json")
+    meta = json.loads(body)
+    assert status == 200 and len(meta["tokens"]) > 1 and meta["stale"] is False
+    (tmp_path / "other.png").write_bytes(_png(2))  # a file the index does not hold is never read
+    for path, want in ((f"/pages/image?path={tmp_path / 'other.png'}", 404), ("/pages/image?path=/etc/passwd", 404),
+                       (f"/pages/image?path={page}&page=2", 404), (f"/pages/image?path={page}&page=0", 400),
+                       (f"/pages/image?path={page}&max_side=99999", 400), ("/pages/image", 400),
+                       (f"/pages/explain?path={page}&query=x&token=first", 400),
+                       (f"/pages/explain?path={page}&query=x&token=999", 400),
+                       (f"/pages/explain?path={page}&query=%E2%80%8B", 400)):  # fmt: skip
+        status, headers, body = r.request("GET", path)
+        assert status == want, (path, body)
+        _error_line(status, headers, body)
+    (tmp_path / "first.png").write_bytes(_png(1))  # changed since it was indexed: shown as it is, and said
+    status, headers, _ = r.request("GET", f"/pages/image?path={page}")
+    assert status == 200 and headers["x-collfm2-stale"] == "true"
+
+
+def test_job_events_stream_until_the_job_ends(fresh: tuple[_Running, Path]) -> None:
+    r, _ = fresh
+    body, ctype = _multipart([("a.png", _png(1)), ("b.png", _png(2))])
+    job = json.loads(r.request("POST", "/pages", raw=body, headers={"Content-Type": ctype})[2])
+    status, headers, stream = r.request("GET", f"/jobs/{job['id']}/events")
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    events = [json.loads(line[6:]) for line in stream.decode().split("\n\n") if line.startswith("data: ")]
+    assert events and events[-1]["state"] == "done" and events[-1]["pages_done"] == 2
+    assert r.request("GET", "/jobs/ffffffffffffffff/events")[0] == 404
