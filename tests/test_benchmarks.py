@@ -128,8 +128,8 @@ def test_scale_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
 def test_serve_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
     """bench_serve on the tiny bundle: every figure present, no request failed, the table written."""
     cmd = [sys.executable, "benchmarks/bench_serve.py", "--bundle", str(tiny_bundle), "--precision", "fp32",
-           "--pages", "4", "--requests", "3", "--cold-runs", "1", "--clients", "1", "4", "--out", str(tmp_path),
-           "--name", "s"]  # fmt: skip
+           "--pages", "4", "--requests", "3", "--cold-runs", "1", "--clients", "1", "4", "--ingest-pages", "3",
+           "--out", str(tmp_path), "--name", "s"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "s.json").read_text())
@@ -141,4 +141,5 @@ def test_serve_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
         runs = r["concurrent"][mode]
         assert [c["clients"] for c in runs] == [1, 4] and all(c["errors"] == 0 and c["qps"] > 0 for c in runs)
     assert all(c["mean_batch"] == 1.0 for c in r["concurrent"]["one_query_per_call"])
-    assert "| HTTP, warm |" in (tmp_path / "s.md").read_text()
+    assert r["ingest"]["pages"] == 3 and r["ingest"]["failed"] == 0 and r["ingest"]["state"] == "done"
+    assert "| HTTP, warm |" in (tmp_path / "s.md").read_text() and "Ingest: 3 pages" in (tmp_path / "s.md").read_text()
