@@ -601,3 +601,25 @@ def test_job_events_stream_until_the_job_ends(fresh: tuple[_Running, Path]) -> N
     events = [json.loads(line[6:]) for line in stream.decode().split("\n\n") if line.startswith("data: ")]
     assert events and events[-1]["state"] == "done" and events[-1]["pages_done"] == 2
     assert r.request("GET", "/jobs/ffffffffffffffff/events")[0] == 404
+
+
+def test_embed_images_returns_each_images_rows(running: _Running, model: ColLFM2) -> None:
+    images = [("a.png", _png(0)), ("b.png", _png(2))]
+    body, ctype = _multipart(images)
+    status, headers, resp = running.request("POST", "/embed/images", raw=body, headers={"Content-Type": ctype})
+    assert status == 200 and headers["content-type"] == "application/octet-stream"
+    offsets = [int(x) for x in headers["x-collfm2-offsets"].split(",")]
+    rows = np.frombuffer(resp, "<f2").reshape(-1, int(headers["x-collfm2-dim"]))
+    want = list(model.embed_images([data for _, data in images]))
+    assert len(offsets) == 3 and offsets[-1] == len(rows)
+    for i, w in enumerate(want):
+        assert np.array_equal(rows[offsets[i] : offsets[i + 1]], w.astype(np.float16))
+    for files, want_status in (([("x.pdf", b"%PDF-1.4 nothing")], 415), ([("t.png", b"text")], 415),
+                               ([("cut.png", _png(1)[:300])], 400),
+                               ([(f"{i}.png", _png(0)) for i in range(17)], 400)):  # fmt: skip
+        body, ctype = _multipart(files)
+        status, hdrs, resp = running.request("POST", "/embed/images", raw=body, headers={"Content-Type": ctype})
+        assert status == want_status
+        _error_line(status, hdrs, resp)
+    status, hdrs, resp = running.request("POST", "/embed/images", {"images": []})
+    assert status == 415

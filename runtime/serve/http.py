@@ -145,10 +145,34 @@ def _embed_queries(service: Service, r: Request) -> Response:
     req = _body_json(r.body)
     _known(req, {"query", "queries"})
     vecs, _ = service.query_vectors(_queries(req))
+    return _rows(vecs)
+
+
+def _rows(vecs: list[np.ndarray]) -> Response:
+    """Multi-vectors as little-endian fp16 rows back to back; dim and row offsets in headers."""
     offsets = np.concatenate([[0], np.cumsum([len(v) for v in vecs])])
     data = np.concatenate(vecs).astype("<f2").tobytes()
     headers = {"X-Collfm2-Dim": str(vecs[0].shape[1]), "X-Collfm2-Offsets": ",".join(map(str, offsets))}
     return 200, data, "application/octet-stream", headers
+
+
+MAX_EMBED_IMAGES = 16
+
+
+def _embed_images(service: Service, r: Request) -> Response:
+    if not r.content_type.lower().startswith("multipart/form-data"):
+        raise HttpError(415, "send the images as multipart/form-data file fields")
+    files = _multipart_files(r.content_type, r.body)
+    if len(files) > MAX_EMBED_IMAGES:
+        raise HttpError(400, f"{len(files)} images; at most {MAX_EMBED_IMAGES} a request")
+    for name, data in files:
+        suffix = sniff(data)
+        if suffix is None or suffix == ".pdf":
+            what = (
+                "a PDF (add its pages with POST /pages)" if suffix == ".pdf" else "not an image (judged by its bytes)"
+            )
+            raise HttpError(415, f"{name}: {what}")
+    return _rows(service.image_vectors(files))
 
 
 def _ready(service: Service, _: Request) -> Response:
@@ -307,6 +331,7 @@ Handler = Callable[[Service, Request], Response]
 ROUTES: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("POST", "/search"): (_search, True),
     ("POST", "/embed/queries"): (_embed_queries, True),
+    ("POST", "/embed/images"): (_embed_images, True),
     ("POST", "/pages"): (_add_pages, True),
     ("DELETE", "/pages"): (_remove_pages, True),
     ("GET", "/jobs/{id}"): (_job, True),
@@ -493,7 +518,8 @@ class _Handler(BaseHTTPRequestHandler):
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), opts.token.encode()):
                 raise HttpError(401, "missing or wrong token (send Authorization: Bearer TOKEN)",
                                 {"WWW-Authenticate": "Bearer"})  # fmt: skip
-        limit = self.server.options.max_upload_bytes if template == "/pages" else MAX_JSON_BYTES
+        uploads = template in ("/pages", "/embed/images")
+        limit = self.server.options.max_upload_bytes if uploads else MAX_JSON_BYTES
         body = self._read_body(limit) if method == "POST" else b""
         query = parse_qs(urlsplit(self.path).query, max_num_fields=100)
         return handler(self.server.service, Request(body, params, query, self.headers.get("Content-Type", "")))

@@ -68,7 +68,8 @@ def openapi(version: str) -> dict[str, Any]:
         "X-Collfm2-Dim header gives dim and X-Collfm2-Offsets the row offsets (n_queries + 1 numbers)",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
-    any_json = _json({"type": "object"}, "JSON")
+    any_obj = {"type": "object"}
+    any_json = _json(any_obj, "JSON")
     png = {"description": "image/png; X-Collfm2-Stale: true when the file changed since it was indexed"}
     page_params = [
         {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}},
@@ -101,6 +102,15 @@ def openapi(version: str) -> dict[str, Any]:
         "paths": {
             "/search": {"post": _op("rank the index's pages for each query", _json(search_ok, "hits"), search_body)},
             "/embed/queries": {"post": _op("the queries' multi-vectors, float16", embed_ok, _QUERIES)},
+            "/embed/images": {
+                "post": {
+                    **_op("images' multi-vectors, float16 (multipart/form-data, at most 16 images)", embed_ok),
+                    "requestBody": {
+                        "required": True,
+                        "content": {"multipart/form-data": {"schema": {"type": "object"}}},
+                    },
+                }
+            },
             "/pages": {
                 "post": {
                     **_op(

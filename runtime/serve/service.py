@@ -73,6 +73,7 @@ class Service:
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._stack = contextlib.ExitStack()
         self._closing = threading.Event()
+        self._images = threading.Semaphore(1)
 
         def open_it() -> Any:
             store = self._stack.enter_context(open_store(store_kind, index, url, collection))
@@ -143,6 +144,16 @@ class Service:
             return [f.result(self.config.timeout_s) for f in futures], time.perf_counter() - t0
         except FutureTimeout:
             raise Unavailable("encoding the query took too long; retry shortly") from None
+
+    def image_vectors(self, images: list[tuple[str, bytes]]) -> list[np.ndarray]:
+        """Each image's vectors [n, dim], encoded here; one such request at a time (a page costs
+        seconds of both cores), others wait up to the timeout, then get 503."""
+        if not self._images.acquire(timeout=self.config.timeout_s):
+            raise Unavailable("another image request is being encoded; retry shortly")
+        try:
+            return list(self.model.embed_images([data for _, data in images]))  # a bad image: InputError
+        finally:
+            self._images.release()
 
     # -- what the endpoints do ----------------------------------------------------------------
 
