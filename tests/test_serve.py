@@ -268,7 +268,8 @@ def test_protocol_abuse_is_one_line_json(running: _Running) -> None:
         assert status == want, (data[:60], status, body)
         msg = json.loads(body)["error"]
         assert msg and "\n" not in msg and "<" not in msg
-    for method, path, want in (("GET", "/nope", 404), ("GET", "/search", 405), ("DELETE", "/info", 405)):
+    for method, path, want in (("GET", "/nope", 404), ("GET", "/search", 405), ("DELETE", "/info", 405),
+                               ("GET", "/info?" + "&".join(f"a{i}=1" for i in range(101)), 400)):  # fmt: skip
         status, headers, body = running.request(method, path)
         assert status == want
         _error_line(status, headers, body)

@@ -484,7 +484,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             traceback.print_exc(file=sys.stderr)
             status, body, ctype, headers = _error(500, "internal error; the service's log has the details")
-        if not self._consumed and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+        unread = self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers
+        if not self._consumed and unread:
             self.close_connection = True  # an unread body would be taken for the next request
         stream = headers.pop("X-Collfm2-Stream", None) if status == 200 else None
         try:
@@ -521,7 +522,10 @@ class _Handler(BaseHTTPRequestHandler):
         uploads = template in ("/pages", "/embed/images")
         limit = self.server.options.max_upload_bytes if uploads else MAX_JSON_BYTES
         body = self._read_body(limit) if method == "POST" else b""
-        query = parse_qs(urlsplit(self.path).query, max_num_fields=100)
+        try:
+            query = parse_qs(urlsplit(self.path).query, max_num_fields=100)
+        except ValueError:
+            raise HttpError(400, "too many query parameters (at most 100)") from None
         return handler(self.server.service, Request(body, params, query, self.headers.get("Content-Type", "")))
 
     def _read_body(self, limit: int) -> bytes:
