@@ -467,9 +467,9 @@ def test_nan_in_a_compact_file_is_damage_never_a_score(tmp_path: Path, monkeypat
 
 
 def test_packed_compact_files_are_not_kept_mapped(tmp_path: Path, monkeypatch) -> None:
-    """With the originals kept, a search maps a compact file once, to turn it into codes, then
-    unmaps it; a commit maps only the new segment's file: the process's map count (Linux allows
-    65,530) grows with the originals alone, and RAM holds the codes."""
+    """With the originals kept, a search reads a compact file once, to turn it into codes, and
+    never maps it; a commit reads only the new segment's file: the process's maps and file
+    descriptors grow with the originals alone (one each per segment), and RAM holds the codes."""
     from runtime.stores.local import scan
 
     rng = np.random.default_rng(14)
@@ -478,13 +478,13 @@ def test_packed_compact_files_are_not_kept_mapped(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(scan, "PACK_ROWS", 3 * len(comp.encode(recs[0].embeddings, recs[0].layout)))
     index = Index.create(tmp_path / "idx", IDENTITY, "rowcol")
     mapped: list[str] = []
-    real = index.segments.compact
+    real = index.segments.read_compact
 
     def counted(seg: int, cfile: str, *args, **kwargs) -> np.ndarray:
         mapped.append(cfile)
         return real(seg, cfile, *args, **kwargs)
 
-    monkeypatch.setattr(index.segments, "compact", counted)
+    monkeypatch.setattr(index.segments, "read_compact", counted)
     with index.writer():
         for i in range(0, 6, 2):
             index.add_batch(recs[i : i + 2])

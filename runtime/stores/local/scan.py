@@ -170,31 +170,42 @@ class Scanner:
         if cached is not None and cached.key == key:
             return cached
         catalog, segs = self.catalog, self.segments
-        # Segments whose codes a pack holds need no file: with originals kept, nothing reads their
-        # compact vectors again, so they are not mapped (one map per file would double the
-        # process's maps, and Linux allows 65,530).
-        coded = {key for p in self._packs for key in p.segs} if self.keeps_originals else set()
+        # A segment's compact vectors are read once, in the snapshot, and turned into codes there;
+        # RAM keeps only the codes. With originals kept nothing reads the file again, so it is read
+        # into memory and let go, not mapped: a map holds a file descriptor, and the fp16 maps
+        # alone are one per segment (18,750 at 300k pages against a common limit of 20,000). An
+        # index without originals keeps its compact files mapped for the rerank.
+        kind, dim = self.compaction, segs.dim
+        have = {key for p in self._packs for key in p.segs}
 
-        def snapshot() -> tuple[list[tuple], dict[int, Any], dict[int, Any], bool]:
+        def snapshot() -> tuple[list[tuple], dict[int, Any], dict[int, Any], dict[int, tuple], bool]:
             # One read transaction: a writer cannot commit (and so cannot delete a segment this
-            # reads) until the files are mapped; a mapped file stays readable after deletion.
+            # reads) until the files are mapped or read; a mapped file stays readable after deletion.
             with catalog.snapshot():
                 rows = catalog.plan_rows()
                 total = sum(size for size, _ in segs.expected(catalog.segment_rows()).values())
                 verify = total <= VERIFY_ON_OPEN_BYTES
-                maps, cmaps = {}, {}
+                maps, cmaps, fresh = {}, {}, {}
                 for seg, file, nrows, *_rest in rows:
                     cfile, crows = _rest[4], _rest[5]
-                    if seg in maps or seg in cmaps:
+                    if seg in maps or seg in cmaps or seg in fresh:
                         continue
                     if file is not None and self.keeps_originals:
                         maps[seg] = segs.fp16(seg, file, nrows, verify=verify)
-                    if two_stage and (seg, cfile) not in coded:
+                    if not two_stage:
+                        continue
+                    if not self.keeps_originals:
                         cmaps[seg] = segs.compact(seg, cfile, crows, verify=verify)
-            return rows, maps, cmaps, verify
+                    if (seg, cfile) not in have:
+                        if self.keeps_originals:
+                            fresh[seg] = kind.to_codes(segs.read_compact(seg, cfile, crows, verify=verify), dim)
+                        else:
+                            fresh[seg] = kind.to_codes(cmaps[seg], dim)
+                            segs.release(cmaps[seg])
+            return rows, maps, cmaps, fresh, verify
 
-        rows, maps, cmaps, verified = catalog.db(snapshot)
-        segs.keep_only(set(maps) | set(cmaps) | {seg for seg, _ in coded})
+        rows, maps, cmaps, fresh, verified = catalog.db(snapshot)
+        segs.keep_only(set(maps) | set(cmaps))
         by_seg: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_seg.setdefault(r[0], []).append(i)
@@ -208,26 +219,19 @@ class Scanner:
         packs = []
         if two_stage:
             files = {r[0]: (r[7], r[8]) for r in rows if r[7] is not None}
-            self._packs = self._pack(
-                [(seg, cfile, crows, cmaps.get(seg)) for seg, (cfile, crows) in sorted(files.items())]
-            )
+            self._packs = self._pack([(seg, f, n, fresh.get(seg)) for seg, (f, n) in sorted(files.items())])
             packs = [_pack_spans(p, rows, by_seg) for p in self._packs]
-            if self.keeps_originals:
-                for seg in cmaps:
-                    segs.forget(seg, files[seg][0])
-                cmaps = {}
         plan = _SearchPlan(key, rows, maps, cmaps, verified, groups, packs)
         self._plans[two_stage] = plan
         return plan
 
-    def _pack(self, segments: list[tuple[int, str, int, np.ndarray | None]]) -> list[_Pack]:
-        """Group (segment, compact file, vectors, mapped file) into packs of about ``PACK_ROWS``
+    def _pack(self, segments: list[tuple[int, str, int, tuple | None]]) -> list[_Pack]:
+        """Group (segment, compact file, vectors, fresh codes) into packs of about ``PACK_ROWS``
         codes, keeping every full pack of the last plan whose segments are all still there, in the
-        same order, and taking the codes of any other segment it already turned into codes (those
-        come without a mapped file). Segment ids are never reused, so the same id is the same bytes."""
+        same order, and taking the codes of any other segment from the pack that holds them (those
+        come without fresh codes). Segment ids are never reused, so the same id is the same bytes."""
         old = {p.segs[0]: p for p in self._packs if len(p.codes) >= PACK_ROWS}
         known = {(s, f): (p, p.base[s]) for p in self._packs for s, f in p.segs}
-        kind, dim = self.compaction, self.segments.dim
         out: list[_Pack] = []
         pending: list[tuple[int, str, np.ndarray, np.ndarray]] = []
         size = 0  # rows in pending
@@ -247,21 +251,20 @@ class Scanner:
 
         i = 0
         while i < len(segments):
-            seg, cfile, crows, data = segments[i]
+            seg, cfile, crows, made = segments[i]
             p = old.get((seg, cfile))
             if p is not None and tuple((s, f) for s, f, _, _ in segments[i : i + len(p.segs)]) == p.segs:
                 flush()
                 out.append(p)
                 i += len(p.segs)
                 continue
-            if (seg, cfile) in known:
+            if made is not None:
+                codes, scale = made
+            elif (seg, cfile) in known:
                 p, lo = known[(seg, cfile)]
                 codes, scale = p.codes[lo : lo + crows], p.scale[lo : lo + crows]
-            else:
-                if data is None:  # only coded segments come unmapped
-                    raise StoreError(f"{self.segments.dir / cfile}: compact vectors neither mapped nor packed")
-                codes, scale = kind.to_codes(data, dim)
-                self.segments.release(data)
+            else:  # the snapshot makes codes for every segment no pack holds
+                raise StoreError(f"{self.segments.dir / cfile}: compact vectors neither read nor packed")
             pending.append((seg, cfile, codes, scale))
             size += len(codes)
             if size >= PACK_ROWS:

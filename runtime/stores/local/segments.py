@@ -153,6 +153,21 @@ class SegmentFiles:
         search reads them once, into the codes it holds (``scan``), so RAM never holds them too."""
         return self._map(seg_id, cfile, np.uint8, (crows, self.compact_row_bytes), verify, "csha256")
 
+    def read_compact(self, seg_id: int, cfile: str, crows: int, verify: bool = False) -> np.ndarray:
+        """A segment's compact vectors read into RAM, not kept: [crows, row_bytes] uint8."""
+        path = self.dir / cfile
+        width = self.compact_row_bytes
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError:
+            data = np.zeros(0, np.uint8)
+        if data.size != crows * width:
+            raise StoreError(f"{path}: missing or wrong size (expected {crows * width} bytes); the index is damaged")
+        data = data.reshape(crows, width)
+        if verify and (seg_id, cfile) not in self._verified:
+            self.verify(seg_id, cfile, data, "csha256")
+        return data
+
     def _map(
         self, seg_id: int, file: str, dtype: type, shape: tuple[int, int], verify: bool, column: str
     ) -> np.ndarray:
@@ -189,12 +204,6 @@ class SegmentFiles:
                 "the index is damaged. See: python -m runtime index check --index DIR"
             )
         self._verified.add((seg_id, file))
-
-    def forget(self, seg_id: int, file: str) -> None:
-        """Unmap one file (a search holds what it needs of it elsewhere); mapped again when asked for."""
-        arr = self._maps.pop((seg_id, file), None)
-        if arr is not None:
-            self.release(arr)
 
     def keep_only(self, segment_ids: set[int]) -> None:
         """Forget the maps of segments not in ``segment_ids`` (compacted or removed since: never read again)."""
