@@ -10,7 +10,7 @@ The candidate stage scores packs, not segments: an index imported or added in co
 pages has one segment per 16 pages, and a kernel call per segment made 1,250 calls a query at
 20k pages, ~95% of the time in per-call overhead. Consecutive segments' compact vectors are
 turned once into codes (``Compaction.to_codes``: uint8 and a scale per vector, what RAM holds;
-the files stay memory-mapped, their pages released) and concatenated into packs of about
+files are read once and not kept, unless the index dropped its originals) and concatenated into packs of about
 ``PACK_ROWS`` vectors, each scored in one ``score_codes`` call. Full packs survive a commit; only
 the tail is rebuilt. The codes' scores only pick candidates: the exact stage (or, in an index
 without originals, MaxSim over the float compact vectors) ranks what is returned."""
