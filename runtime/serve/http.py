@@ -42,6 +42,11 @@ __all__ = ["ROUTES", "HttpError", "ServeOptions", "make_server"]
 VERSION = "0.1.0"
 MAX_JSON_BYTES = 1 << 20
 MAX_QUERY_CHARS = 4096
+# After answering a request whose body it did not read (413, 401, ...), the server reads and drops
+# up to this much of it before closing: closing on unread bytes sends a reset, which can destroy
+# the answer in the client's buffer, and a client still sending gets a broken pipe instead of it.
+LINGER_BYTES = 64 << 20
+LINGER_S = 5.0
 
 
 class HttpError(Exception):
@@ -493,6 +498,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream_job(stream)
             else:
                 self._send(status, body, ctype, headers, head_only=method == "HEAD")
+                if not self._consumed and unread:
+                    self._linger()
         finally:
             self.server.service.metrics.request(method, route, status, time.perf_counter() - t0)
             self.server.end()
@@ -552,6 +559,23 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"the body ended after {len(data)} of {n} bytes")
         self._consumed = True
         return data
+
+    def _linger(self) -> None:
+        """Read and drop what is left of an unread body, bounded in bytes and time."""
+        try:
+            self.wfile.flush()
+            left, deadline = LINGER_BYTES, time.monotonic() + LINGER_S
+            while left > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return
+                self.connection.settimeout(wait)
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except OSError:  # timed out or the client went away: the close follows either way
+            return
 
     def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str], head_only: bool = False) -> None:
         try:
