@@ -9,6 +9,8 @@ DIR=$(cd "${1:?usage: qemu_run.sh DIR ARGS...}" && pwd)
 shift
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export QEMU_CPU=cortex-a76
+# a host's OPENBLAS_CORETYPE names its own core, not the emulated one: let OpenBLAS probe the A76
+unset OPENBLAS_CORETYPE
 export PYTHONPATH="$DIR/site:$HERE${COLLFM2_QEMU_PYTHONPATH:+:$COLLFM2_QEMU_PYTHONPATH}"
 exec unshare -m bash -c 'mount --bind "$0" /proc/cpuinfo && exec qemu-aarch64 -L "$1" "$1/usr/bin/python3.11" "${@:2}"' \
   "$HERE/jetson/cpuinfo-cortex-a76.txt" "$DIR/arm64" "$@"

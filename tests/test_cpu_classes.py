@@ -60,8 +60,11 @@ def arm64() -> Path:
 
 
 def _x86(cpu: str, *args: str) -> subprocess.CompletedProcess:
+    # OPENBLAS_CORETYPE (some hosts set it, e.g. Haswell) overrides OpenBLAS's own probe, so numpy's
+    # import would run AVX2 kernels on the emulated Nehalem and die of SIGILL: the emulated CPU picks.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
     return subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, *args], capture_output=True, text=True,
-                          timeout=TIMEOUT, cwd=ROOT)  # fmt: skip
+                          timeout=TIMEOUT, cwd=ROOT, env=env)  # fmt: skip
 
 
 def _aarch64(qemu_dir: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -155,7 +158,7 @@ def exact_candidates() -> str:
     finally:
         sys.path.remove(str(PROBE.parent))
     saved = dict(scoring._sessions)
-    scoring._sessions[("codes", 1)] = None
+    scoring._sessions[("run", 1)] = scoring._sessions[("pieces", 1)] = None
     try:
         return hashlib.sha256(scoring.score_codes(*candidate_inputs(), threads=1).tobytes()).hexdigest()
     finally:
