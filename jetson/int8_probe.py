@@ -67,14 +67,16 @@ def probe(folder: Path) -> dict[str, float]:
 
 
 def candidate_inputs() -> tuple:
-    """The candidate kernel's worst case: row codes at 0/255 and queries whose codes hit the limit."""
+    """The candidate kernel's worst case: row codes at 0/255 and queries whose codes hit the limit,
+    over a block of equal documents (the ``run`` graph) and one of mixed lengths (``pieces``)."""
     from runtime import scoring
 
     rng = np.random.default_rng(0)
     codes = rng.choice(np.array([0, 1, 127, 128, 254, 255], np.uint8), size=(2048, 128))
     queries = [np.where(rng.random((20, 128)) < 0.5, -1.0, 1.0).astype(np.float32) for _ in range(2)]
-    layout = scoring.CodeLayout.build(np.arange(0, len(codes) + 1, 16))
-    return queries, codes, np.full(len(codes), 1 / 127, np.float32), layout
+    lengths = [16] * 64 + [40] * 20 + [1] * 24 + [200]
+    layout = scoring.CodeLayout.build(np.cumsum([0, *lengths]), block_rows=1024)
+    return queries, codes, np.full(len(lengths), 1 / 127, np.float32), layout
 
 
 def candidates() -> dict[str, float | str]:
@@ -86,15 +88,14 @@ def candidates() -> dict[str, float | str]:
     from runtime import scoring
 
     queries, codes, scale, layout = candidate_inputs()
-    ones = np.ones((len(codes), 1), np.float32)  # float32 holds these int32 sums exactly
-    pieces = np.arange(len(codes), dtype=np.int32)[:, None]
-    sess = scoring._session("codes", 1)
+    pieces = np.arange(len(codes), dtype=np.int32)[:, None]  # each row alone: the plain dot products
+    sess = scoring._session("pieces", 1)
     rng = np.random.default_rng(1)
     out: dict[str, float | str] = {}
     for name, top in (("q7", scoring.QUERY_CODE_MAX), ("q8", 127)):
         q = np.where(rng.random((128, N)) < 0.5, -top, top).astype(np.int8)
         exact = (codes.astype(np.int64) - scoring.ROW_ZERO) @ q.astype(np.int64)
-        got = sess.run(None, {"codes": codes, "queries_t": q, "scale": ones, "pieces": pieces})[0]
+        got = sess.run(None, {"codes": codes, "queries_t": q, "pieces": pieces})[0]
         out[name] = float(np.abs(got - exact).max() / np.abs(exact).max())
     got = scoring.score_codes(queries, codes, scale, layout, threads=1)
     out["sha256"] = hashlib.sha256(got.tobytes()).hexdigest()

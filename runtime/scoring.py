@@ -74,7 +74,7 @@ def _session(kind: np.dtype | str, threads: int = 0):  # -> onnxruntime.Inferenc
 
                 # The arena stays on here: the kernel's blocks are small and the same size run after
                 # run, so it reuses one block's buffers instead of allocating per call.
-                graph = _CODES_ONNX if isinstance(kind, str) else _MAXSIM_ONNX[kind]
+                graph = _CODES_ONNX[kind] if isinstance(kind, str) else _MAXSIM_ONNX[kind]
                 _sessions[key] = ort_session(graph, threads, arena=True, quiet=True)
             except Exception:  # onnxruntime missing or broken: numpy still gives the same numbers
                 _sessions[key] = None
@@ -243,40 +243,61 @@ def score_packed(
 # Two-stage search scores every page's compact vectors per query, so this loop is the search's
 # cost at scale. ONNX Runtime's fp16 -> fp32 Cast runs on one thread at ~4 G elements/s, which
 # alone took 40 of a 100k-page query's ~70 ms; an integer GEMM reads half the bytes and converts
-# nothing. Rows are uint8 codes with a per-row scale (row ~= (codes - 128) * scale), queries int8
-# with a per-token scale, and ``MatMulInteger`` gives exact int32 dot products on every CPU class:
-# query codes stay within +-64, so a uint8 x int8 pair sum never exceeds int16 (AVX2's vpmaddubsw
-# saturates there; VNNI, AMX and the Arm dot products accumulate in int32 anyway). The graph:
-#   sims   = float32(MatMulInteger(codes, queries_t, zero point 128)) * scale
-#   best[p, q] = ReduceMax(Gather(sims, pieces), axis=1)
-# ``pieces`` [p, piece] lists each document's rows in pieces of at most ``PIECE_ROWS`` (a short
-# piece repeats its document's last row, which leaves the max unchanged), so documents of any
-# mix of lengths are scored in one call per block; numpy takes the max over a long document's
-# pieces. The bytes are rebuilt with onnx.helper in tests/test_scoring.py.
-_CODES_ONNX = base64.b64decode(
-    "CAkSDGNvbGxmbTItZWRnZTqmAwotCgVjb2RlcwoJcXVlcmllc190CgR6ZXJvEgRkb3RzIg1NYXRNdWxJbnRlZ2VyCiEKBGRvdHMS"
-    "CGRvdHNfZjMyIgRDYXN0KgkKAnRvGAGgAQIKHAoIZG90c19mMzIKBXNjYWxlEgRzaW1zIgNNdWwKLgoEc2ltcwoGcGllY2VzEglw"
-    "ZXJfcGllY2UiBkdhdGhlcioLCgRheGlzGACgAQIKMwoJcGVyX3BpZWNlCgRheGlzEgRiZXN0IglSZWR1Y2VNYXgqDwoIa2VlcGRp"
-    "bXMYAKABAhIMbWF4c2ltX2NvZGVzKgwQAioCgAFCBHplcm8qDQgBEAc6AQFCBGF4aXNaHgoFY29kZXMSFQoTCAISDwoGEgRyb3dz"
-    "CgUSA2RpbVofCglxdWVyaWVzX3QSEgoQCAMSDAoFEgNkaW0KAxIBcVobCgVzY2FsZRISChAIARIMCgYSBHJvd3MKAggBWiUKBnBp"
-    "ZWNlcxIbChkIBhIVCgoSCHBpZWNlc19uCgcSBXBpZWNlYh8KBGJlc3QSFwoVCAESEQoKEghwaWVjZXNfbgoDEgFxQgQKABAS"
-)
+# nothing. Rows are uint8 codes (row ~= (codes - 128) * scale) with one scale per document, so the
+# per-document max can be taken on the integers; queries are int8 with a per-token scale, and
+# ``MatMulInteger`` gives exact int32 dot products on every CPU class: query codes stay within
+# +-64, so a uint8 x int8 pair sum never exceeds int16 (AVX2's vpmaddubsw saturates there; VNNI,
+# AMX and the Arm dot products accumulate in int32 anyway). The graphs:
+#   run:    best[d, q] = ReduceMax(Reshape(MatMulInteger(codes, queries_t, 128), [d, L, q]), axis=1)
+#   pieces: best[p, q] = ReduceMax(Gather(MatMulInteger(codes, queries_t, 128), pieces), axis=1)
+# ``run`` scores a block whose documents all have L rows in place; ``pieces`` [p, piece] lists
+# each document's rows in pieces of at most ``PIECE_ROWS`` (a short piece repeats its document's
+# last row, which leaves the max unchanged), so documents of any mix of lengths are scored in one
+# call per block; numpy takes the max over a long document's pieces, then scales the [docs, q]
+# integers. A per-row scale would need the int32 similarities cast and scaled before the max: two
+# more passes over [rows, q], which made the kernel ~1.8x slower at 100k pages (pool:12, 20
+# tokens, AMD EPYC 2 cores). The bytes are rebuilt with onnx.helper in tests/test_scoring.py.
+_CODES_ONNX = {
+    "run": base64.b64decode(
+        "CAkSDGNvbGxmbTItZWRnZTqnAgotCgVjb2RlcwoJcXVlcmllc190CgR6ZXJvEgRkb3RzIg1NYXRNdWxJbnRlZ2VyCh8KBGRvdHMK"
+        "BXNoYXBlEgdncm91cGVkIgdSZXNoYXBlCjEKB2dyb3VwZWQKBGF4aXMSBGJlc3QiCVJlZHVjZU1heCoPCghrZWVwZGltcxgAoAEC"
+        "EhBtYXhzaW1fY29kZXNfcnVuKgwQAioCgAFCBHplcm8qDQgBEAc6AQFCBGF4aXNaHgoFY29kZXMSFQoTCAISDwoGEgRyb3dzCgUS"
+        "A2RpbVofCglxdWVyaWVzX3QSEgoQCAMSDAoFEgNkaW0KAxIBcVoTCgVzaGFwZRIKCggIBxIECgIIA2IdCgRiZXN0EhUKEwgGEg8K"
+        "CBIGZ3JvdXBzCgMSAXFCBAoAEBI="
+    ),
+    "pieces": base64.b64decode(
+        "CAkSDGNvbGxmbTItZWRnZTrHAgotCgVjb2RlcwoJcXVlcmllc190CgR6ZXJvEgRkb3RzIg1NYXRNdWxJbnRlZ2VyCiwKBGRvdHMK"
+        "BnBpZWNlcxIHZ3JvdXBlZCIGR2F0aGVyKgsKBGF4aXMYAKABAgoxCgdncm91cGVkCgRheGlzEgRiZXN0IglSZWR1Y2VNYXgqDwoI"
+        "a2VlcGRpbXMYAKABAhITbWF4c2ltX2NvZGVzX3BpZWNlcyoMEAIqAoABQgR6ZXJvKg0IARAHOgEBQgRheGlzWh4KBWNvZGVzEhUK"
+        "EwgCEg8KBhIEcm93cwoFEgNkaW1aHwoJcXVlcmllc190EhIKEAgDEgwKBRIDZGltCgMSAXFaIwoGcGllY2VzEhkKFwgGEhMKCBIG"
+        "Z3JvdXBzCgcSBXBpZWNlYh0KBGJlc3QSFQoTCAYSDwoIEgZncm91cHMKAxIBcUIECgAQEg=="
+    ),
+}
 ROW_ZERO = 128  # uint8 code of 0.0
 ROW_CODE_MAX = 127
 QUERY_CODE_MAX = 64
 PIECE_ROWS = 32
 # Rows per kernel call (whole documents): a search's packs (~64k rows) are one call each; the
-# int32 and float32 similarities of 128k rows at 32 query tokens are 16 MB each. Blocks of 32k /
-# 64k / 128k rows: 147 / 120 / 110 ms over 100k pages (synthetic, 2 busy cores: ratios only).
+# int32 similarities of 128k rows at 32 query tokens are 16 MB. Blocks of 32k / 64k / 128k rows:
+# 147 / 120 / 110 ms over 100k pages (synthetic, 2 busy cores, per-row scale: ratios only).
 CODE_BLOCK_ROWS = 1 << 17
 
 
-def quantize_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantize_rows(rows: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Float rows [n, dim] -> (codes uint8 [n, dim], scale float32 [n]) with
-    ``row ~= (codes - 128) * scale`` (each row's largest magnitude maps to 127). A row with a
-    non-finite value gets scale NaN, so every document holding it scores NaN."""
+    ``row ~= (codes - 128) * scale``. The rows of one document (``offsets``, covering every row
+    back to back; default: each row alone) share one scale, at which the document's largest
+    magnitude maps to 127. A document with a non-finite value gets scale NaN and codes 128."""
     rows = np.asarray(rows, dtype=np.float32)
     peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows), np.float32)
+    if offsets is not None:
+        offsets = np.asarray(offsets, dtype=np.int64)
+        lengths = np.diff(offsets)
+        if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(rows) or (lengths < 0).any():
+            raise ValueError(f"offsets must run from 0 to {len(rows)} without going back")
+        live = lengths > 0
+        doc_peak = np.maximum.reduceat(peak, offsets[:-1][live]) if live.any() else peak
+        peak = np.repeat(doc_peak, lengths[live])  # maximum propagates NaN: one bad row, the whole document
     finite = np.isfinite(peak)
     scale = np.where(finite, peak / np.float32(ROW_CODE_MAX), np.float32(np.nan)).astype(np.float32)
     div = np.where(finite & (peak > 0), scale, np.float32(1))[:, None]
@@ -301,7 +322,9 @@ class _CodeBlock:
     lo: int  # rows lo:hi of the codes
     hi: int
     docs: np.ndarray  # the block's documents with rows (empty ones score 0)
-    pieces: np.ndarray  # [p, piece] int32 row numbers relative to lo
+    at: slice | np.ndarray  # the same as a slice when they are consecutive (a view, not a gather)
+    run: int  # rows of every document when they are all equal (the ``run`` graph), else 0
+    pieces: np.ndarray | None  # [p, piece] int32 row numbers relative to lo (the ``pieces`` graph)
     firsts: np.ndarray | None  # each document's first piece; None when every document is one piece
 
 
@@ -325,7 +348,9 @@ class CodeLayout:
             lo, hi = int(offsets[a]), int(offsets[b])
             lengths = np.diff(offsets[a : b + 1])
             docs = np.flatnonzero(lengths > 0)
-            if len(docs):
+            if len(docs) and (lengths[docs] == lengths[docs[0]]).all():  # empty ones hold no rows
+                blocks.append(_CodeBlock(lo, hi, a + docs, _where(a + docs), int(lengths[docs[0]]), None, None))
+            elif len(docs):
                 lengths = lengths[docs]
                 piece = int(min(lengths.max(), PIECE_ROWS))
                 n_pieces = -(-lengths // piece)
@@ -334,26 +359,44 @@ class CodeLayout:
                 start = offsets[a + docs][doc_of] + (np.arange(len(doc_of)) - firsts[doc_of]) * piece
                 last = offsets[a + docs + 1][doc_of] - 1
                 rows = np.minimum(start[:, None] + np.arange(piece), last[:, None]) - lo
-                blocks.append(_CodeBlock(lo, hi, a + docs, rows.astype(np.int32),
+                blocks.append(_CodeBlock(lo, hi, a + docs, _where(a + docs), 0, rows.astype(np.int32),
                                          firsts if len(doc_of) > len(docs) else None))  # fmt: skip
             a = b
         return cls(offsets, tuple(blocks))
 
+    def doc_scale(self, scale: np.ndarray) -> np.ndarray:
+        """Per-row scales [rows] -> each document's [n_docs] float32, what ``score_codes`` takes:
+        the largest of its rows' (NaN if any is NaN; 0 for an empty document). Rows quantized with
+        these offsets all carry their document's scale."""
+        scale = np.asarray(scale, dtype=np.float32)
+        lengths = np.diff(self.offsets)
+        out = np.zeros(len(lengths), np.float32)
+        live = lengths > 0
+        if live.any():
+            out[live] = np.maximum.reduceat(scale, self.offsets[:-1][live])
+        return out
 
-def run_codes(
-    codes: np.ndarray, queries_t: np.ndarray, scale: np.ndarray, pieces: np.ndarray, threads: int = 0
-) -> np.ndarray:
-    """One call of the candidate kernel: ``max over each piece's rows of (codes - 128) @ queries_t
-    * scale``, [pieces, Nq] float32 (codes uint8 [n, dim], queries_t int8 [dim, Nq], scale [n],
-    pieces int32 [p, piece] row numbers)."""
-    session = _session("codes", threads)
-    s = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1, 1)
+
+def run_codes(codes: np.ndarray, queries_t: np.ndarray, block: _CodeBlock, threads: int = 0) -> np.ndarray:
+    """One call of the candidate kernel on ``block``'s rows of ``codes``: ``max over each
+    document's (``run``) or piece's rows of (codes - 128) @ queries_t``, [docs or pieces, Nq]
+    int32 (codes uint8 [n, dim], queries_t int8 [dim, Nq])."""
+    kind = "run" if block.run else "pieces"
+    session = _session(kind, threads)
+    if block.run:
+        group = np.array([len(codes) // block.run, block.run, queries_t.shape[1]], dtype=np.int64)
+    else:
+        group = block.pieces
     if session is not None:
-        feeds = {"codes": np.ascontiguousarray(codes), "queries_t": queries_t, "scale": s, "pieces": pieces}
+        feeds = {
+            "codes": np.ascontiguousarray(codes),
+            "queries_t": queries_t,
+            ("shape" if block.run else "pieces"): group,
+        }
         return session.run(None, feeds)[0]
-    # the same integers and the same one rounding per product as the graph
+    # the same integers as the graph
     dots = (codes.astype(np.int32) - ROW_ZERO) @ queries_t.astype(np.int32)
-    return (dots.astype(np.float32) * s)[pieces].max(axis=1)
+    return (dots.reshape(group) if block.run else dots[group]).max(axis=1)
 
 
 def score_codes(
@@ -364,14 +407,15 @@ def score_codes(
     decode: Callable[[np.ndarray], np.ndarray] | None = None,
     threads: int = 0,
 ) -> np.ndarray:
-    """Approximate MaxSim of queries against documents of quantized rows (``quantize_rows``), laid
-    out as ``layout`` says: [n_queries, n_documents] float32. ``decode`` turns a block of stored
-    rows into codes (sign bits, which would take 8x the RAM as codes). The integer products are
-    exact, so every CPU gives the same numbers, bit for bit, as the numpy fallback. An empty
-    query or document scores 0; a document with a NaN scale scores NaN."""
+    """Approximate MaxSim of queries against documents of quantized rows, laid out as ``layout``
+    says: [n_queries, n_documents] float32. ``scale`` [n_documents] is each document's
+    (``layout.doc_scale`` of ``quantize_rows(rows, layout.offsets)``): all its rows are codes at
+    that one scale. ``decode`` turns a block of stored rows into codes (sign bits, which would take
+    8x the RAM as codes). The integer products and maxima are exact, so every CPU gives the same
+    numbers, bit for bit, as the numpy fallback. An empty query or document scores 0; a document
+    with a NaN scale scores NaN."""
     qs = as_item_list(queries, "queries")
-    offsets = layout.offsets
-    n_docs = len(offsets) - 1
+    n_docs = len(layout.offsets) - 1
     out = np.zeros((len(qs), n_docs), dtype=np.float32)
     live = [i for i, q in enumerate(qs) if len(q)]
     if not live or n_docs <= 0:
@@ -379,18 +423,25 @@ def score_codes(
     q_codes, q_scale = _quantize_queries(np.concatenate([qs[i] for i in live]).astype(np.float32, copy=False))
     q_starts = np.cumsum([0] + [len(qs[i]) for i in live])[:-1]
     scale = np.asarray(scale, dtype=np.float32)
-    bad = np.isnan(scale)
-    has_bad = bool(bad.any())
-    if has_bad:
-        scale = np.where(bad, np.float32(0), scale)
-    best = np.zeros((n_docs, q_codes.shape[1]), dtype=np.float32)
+    if scale.shape != (n_docs,):
+        raise ValueError(f"scale must be one per document ({n_docs}), got shape {scale.shape}")
+    # [tokens, docs]: the sums over a query's tokens add whole rows, in token order, the same
+    # elementwise additions on every CPU (and ~5x faster than reducing along each document's row).
+    best = np.zeros((q_codes.shape[1], n_docs), dtype=np.float32)
     for blk in layout.blocks:
         c = codes[blk.lo : blk.hi] if decode is None else decode(codes[blk.lo : blk.hi])
-        res = run_codes(c, q_codes, scale[blk.lo : blk.hi], blk.pieces, threads)
-        best[blk.docs] = res if blk.firsts is None else np.maximum.reduceat(res, blk.firsts, axis=0)
-    best *= q_scale
-    if has_bad:
-        held = np.concatenate([[0], np.cumsum(bad)])
-        best[held[offsets[1:]] > held[offsets[:-1]]] = np.nan
-    out[live] = np.add.reduceat(best, q_starts, axis=1).T
+        res = run_codes(c, q_codes, blk, threads)
+        if blk.firsts is not None:
+            res = np.maximum.reduceat(res, blk.firsts, axis=0)
+        # |dot| <= 127 * 64 * dim < 2**24: float32 holds it exactly, so this is one rounding
+        if isinstance(blk.at, slice):
+            np.multiply(res.T, scale[blk.at], out=best[:, blk.at], dtype=np.float32)
+        else:  # a gather of columns is a copy: assign it
+            best[:, blk.at] = np.multiply(res.T, scale[blk.at], dtype=np.float32)
+    best *= q_scale[:, None]
+    out[live] = np.add.reduceat(best, q_starts, axis=0)
     return out
+
+
+def _where(docs: np.ndarray) -> slice | np.ndarray:
+    return slice(int(docs[0]), int(docs[-1]) + 1) if docs[-1] - docs[0] + 1 == len(docs) else docs

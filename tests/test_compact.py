@@ -384,8 +384,9 @@ def test_candidate_packs_score_every_page_by_its_own_vectors(tmp_path: Path, mon
             enc = comp.encode(r.embeddings, r.layout)
             want = score([q], [comp.to_float(enc, 128).astype(np.float32)])[0, 0]
             assert got[path] == pytest.approx(float(want), rel=1e-5, abs=1e-6), path  # ranked by the vectors
-            codes, scale = comp.to_codes(enc, 128)
-            alone = score_codes([q], codes, scale, CodeLayout.build([0, len(codes)]), comp.code_decoder(128))
+            layout = CodeLayout.build([0, len(enc)])
+            codes, scale = comp.to_codes(enc, 128, layout.offsets)
+            alone = score_codes([q], codes, layout.doc_scale(scale), layout, comp.code_decoder(128))
             assert by_path[path] == alone[0, 0], path  # picked by its own codes, bit for bit as if alone
 
     check()
@@ -412,7 +413,8 @@ def test_candidate_packs_score_every_page_by_its_own_vectors(tmp_path: Path, mon
 
 def test_overlapping_spans_still_score_each_page_by_its_own_vectors(tmp_path: Path) -> None:
     """Spans that overlap can only come from a damaged catalog; the pack then scores each span as
-    its own copy, so every page still gets the MaxSim of the rows it points at."""
+    its own copy, requantized to one scale per span, so every page still gets the MaxSim of the
+    rows it points at, from the candidate stage (within quantization) and from the rerank."""
     import sqlite3
 
     rng = np.random.default_rng(12)
@@ -428,6 +430,9 @@ def test_overlapping_spans_still_score_each_page_by_its_own_vectors(tmp_path: Pa
     q = recs[1].embeddings[:5]
     with Index.open(tmp_path / "idx") as index:
         got = {h.path: h.score for h in index.search([q], k=10)[0]}
+        plan = index.scanner._plans[True]
+        candidate = index.scanner._score_all([q], plan, compact=True)[0]
+        by_path = {decode_path(r[5]): candidate[i] for i, r in enumerate(plan.rows)}
         for path, span in spans.items():
             seg, start, count = (int(x) for x in span.split(","))
             sql = "SELECT cfile, crows FROM segments WHERE id = ?"
@@ -436,6 +441,27 @@ def test_overlapping_spans_still_score_each_page_by_its_own_vectors(tmp_path: Pa
             want = score([q], [comp.to_float(rows, 128).astype(np.float32)])[0, 0]
             name = path.decode() if isinstance(path, bytes) else path
             assert got[name] == pytest.approx(float(want), rel=1e-5, abs=1e-6), name
+            assert abs(by_path[name] - want) <= 0.01 * len(q), name
+
+
+def test_overlapping_spans_of_pages_at_different_scales_are_requantized() -> None:
+    """Two pages' codes at scales 10x apart, and a damaged table whose spans overlap: each span's
+    copy gets one scale again, so neither page is scored at the other's scale."""
+    from runtime.scoring import quantize_rows
+    from runtime.stores.local.scan import _Pack, _pack_spans
+
+    rng = np.random.default_rng(14)
+    rows = rng.standard_normal((8, 128)).astype(np.float32)
+    rows[:4] *= 0.1
+    codes, scale = quantize_rows(rows, np.array([0, 4, 8]))
+    pack = _Pack(((7, "c"),), codes, scale, {7: 0})
+    table = [(7, *([None] * 8), 0, 5), (7, *([None] * 8), 3, 5)]  # /a: rows 0-4, /b: rows 3-7
+    ps = _pack_spans(pack, table, {7: [0, 1]})
+    q = [rows[4:6] + 0.05 * rng.standard_normal((2, 128)).astype(np.float32), rows[1:3]]
+    got = score_codes(q, ps.pack.codes, ps.scale, ps.layout)[:, ps.doc]
+    back = (codes.astype(np.float32) - 128) * scale[:, None]
+    want = score(q, [back[0:5], back[3:8]])
+    assert np.all(np.abs(got - want) <= 0.01 * np.abs(want) + 1e-3), (got, want)
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -167,27 +169,27 @@ def test_fp16_and_fp32_documents_score_the_same() -> None:
     np.testing.assert_allclose(score(q, docs), score(q, [d.astype(np.float32) for d in docs]), rtol=1e-5, atol=1e-5)
 
 
-def _codes_graph() -> bytes:
-    """How runtime.scoring's candidate kernel was built."""
+def _codes_graph(kind: str) -> bytes:
+    """How runtime.scoring's candidate kernels were built: ``run`` for a block of equal-length
+    documents (a Reshape, no copy), ``pieces`` for any mix (a Gather of row numbers)."""
     from onnx import TensorProto, helper
 
-    nodes = [
-        helper.make_node("MatMulInteger", ["codes", "queries_t", "zero"], ["dots"]),
-        helper.make_node("Cast", ["dots"], ["dots_f32"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["dots_f32", "scale"], ["sims"]),
-        helper.make_node("Gather", ["sims", "pieces"], ["per_piece"], axis=0),
-        helper.make_node("ReduceMax", ["per_piece", "axis"], ["best"], keepdims=0),
-    ]
+    dots = helper.make_node("MatMulInteger", ["codes", "queries_t", "zero"], ["dots"])
+    if kind == "run":
+        group = helper.make_node("Reshape", ["dots", "shape"], ["grouped"])
+        extra = helper.make_tensor_value_info("shape", TensorProto.INT64, [3])
+    else:
+        group = helper.make_node("Gather", ["dots", "pieces"], ["grouped"], axis=0)
+        extra = helper.make_tensor_value_info("pieces", TensorProto.INT32, ["groups", "piece"])
     graph = helper.make_graph(
-        nodes,
-        "maxsim_codes",
+        [dots, group, helper.make_node("ReduceMax", ["grouped", "axis"], ["best"], keepdims=0)],
+        f"maxsim_codes_{kind}",
         [
             helper.make_tensor_value_info("codes", TensorProto.UINT8, ["rows", "dim"]),
             helper.make_tensor_value_info("queries_t", TensorProto.INT8, ["dim", "q"]),
-            helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["rows", 1]),
-            helper.make_tensor_value_info("pieces", TensorProto.INT32, ["pieces_n", "piece"]),
+            extra,
         ],
-        [helper.make_tensor_value_info("best", TensorProto.FLOAT, ["pieces_n", "q"])],
+        [helper.make_tensor_value_info("best", TensorProto.INT32, ["groups", "q"])],
         initializer=[
             helper.make_tensor("zero", TensorProto.UINT8, [], [128]),
             helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
@@ -198,15 +200,16 @@ def _codes_graph() -> bytes:
     return model.SerializeToString()
 
 
-def test_candidate_kernel_is_the_graph_it_claims() -> None:
+@pytest.mark.parametrize("kind", ["run", "pieces"])
+def test_candidate_kernel_is_the_graph_it_claims(kind: str) -> None:
     import base64
 
     import onnx
 
     from runtime.scoring import _CODES_ONNX
 
-    built = _codes_graph()
-    assert built == _CODES_ONNX, base64.b64encode(built).decode()
+    built = _codes_graph(kind)
+    assert built == _CODES_ONNX[kind], base64.b64encode(built).decode()
     onnx.checker.check_model(onnx.load_from_string(built))
 
 
@@ -226,6 +229,31 @@ def test_quantize_rows_round_trips_within_half_a_step() -> None:
     assert np.isnan(scale[51:]).all() and np.all(codes[51:] == 128)  # non-finite rows: NaN, never garbage codes
 
 
+def test_quantize_rows_gives_each_document_one_scale() -> None:
+    """With offsets, a document's rows share the scale of its largest magnitude (what lets the
+    kernel take the max on integers); a non-finite value anywhere makes the whole document NaN."""
+    from runtime.scoring import CodeLayout, quantize_rows
+
+    rng = np.random.default_rng(11)
+    rows = _unit_rows(rng, 20)
+    rows[3] *= 0.2  # a short row in document 0
+    offsets = np.array([0, 6, 6, 13, 20])
+    codes, scale = quantize_rows(rows, offsets)
+    for a, b in itertools.pairwise(offsets):
+        if b > a:
+            assert np.all(scale[a:b] == np.abs(rows[a:b]).max() / np.float32(127))
+            assert np.abs(codes[a:b].astype(int) - 128).max() == 127
+    back = (codes.astype(np.float32) - 128) * scale[:, None]
+    assert np.all(np.abs(back - rows) <= scale[:, None] * 0.5001)
+    assert np.array_equal(CodeLayout.build(offsets).doc_scale(scale), np.array([scale[0], 0, scale[6], scale[13]]))
+    rows[8, 5] = np.inf
+    codes, scale = quantize_rows(rows, offsets)
+    assert np.isnan(scale[6:13]).all() and np.all(codes[6:13] == 128) and np.isfinite(scale[13:]).all()
+    for bad in ([0, 6, 19], [1, 20], [0, 12, 6, 20]):
+        with pytest.raises(ValueError, match="offsets"):
+            quantize_rows(rows, np.array(bad))
+
+
 @pytest.mark.parametrize("block", [1, 100, 700, 1 << 16])
 def test_candidate_scores_approximate_maxsim_and_equal_the_fallback_bit_for_bit(
     monkeypatch: pytest.MonkeyPatch, block: int
@@ -242,14 +270,21 @@ def test_candidate_scores_approximate_maxsim_and_equal_the_fallback_bit_for_bit(
     rows = np.concatenate(ds)
     offsets = np.cumsum([0, *lengths])
     layout = scoring.CodeLayout.build(offsets, block)
-    codes, scale = scoring.quantize_rows(rows)
+    # equal-length blocks take the in-place graph, mixed ones the pieces graph: both are checked
+    kinds = {1: {True}, 100: {True, False}}.get(block, {False})
+    assert {bool(b.run) for b in layout.blocks} == kinds
+    codes, scale = scoring.quantize_rows(rows, offsets)
+    scale = layout.doc_scale(scale)
     got = scoring.score_codes(qs, codes, scale, layout)
     want = _brute(qs, ds)
     tokens = np.array([len(q) for q in qs])[:, None]
     assert np.all(np.abs(got - want) <= 0.01 * tokens)
     assert np.all(got[:, np.array(lengths) == 0] == 0) and np.all(got[1] == 0)
-    monkeypatch.setitem(scoring._sessions, ("codes", 0), None)
+    monkeypatch.setitem(scoring._sessions, ("run", 0), None)
+    monkeypatch.setitem(scoring._sessions, ("pieces", 0), None)
     assert np.array_equal(scoring.score_codes(qs, codes, scale, layout), got)
+    with pytest.raises(ValueError, match="one per document"):
+        scoring.score_codes(qs, codes, np.ones(len(rows), np.float32), layout)
 
 
 def test_a_non_finite_row_makes_only_its_document_nan() -> None:
@@ -261,7 +296,12 @@ def test_a_non_finite_row_makes_only_its_document_nan() -> None:
     offsets = np.cumsum([0, *lengths])
     layout = scoring.CodeLayout.build(offsets)
     q = [_unit_rows(rng, 6)]
-    clean = scoring.score_codes(q, *scoring.quantize_rows(rows), layout)
+
+    def scores() -> np.ndarray:
+        codes, scale = scoring.quantize_rows(rows, offsets)
+        return scoring.score_codes(q, codes, layout.doc_scale(scale), layout)
+
+    clean = scores()
     rows[6, 0] = np.nan  # in document 1
-    got = scoring.score_codes(q, *scoring.quantize_rows(rows), layout)
+    got = scores()
     assert np.isnan(got[0, 1]) and np.array_equal(np.delete(got, 1, axis=1), np.delete(clean, 1, axis=1))

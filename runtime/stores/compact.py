@@ -18,9 +18,10 @@ kind        vectors per page                                      stored as     
 Every pooled vector is the L2-normalised mean of its rows, so MaxSim over compact vectors is a
 cosine score like the full one. ``to_float`` turns any kind back into float rows (the compact
 rerank of an index without originals scores those); ``to_codes`` into what a search holds in RAM
-and the candidate kernel scores (``runtime.scoring.score_codes``): uint8 codes with a per-row
-scale. int8 vectors are such codes already; pooled fp16 vectors are quantized once, when a search
-first reads them; binary vectors stay bits and are expanded per block (codes would take 8x RAM).
+and the candidate kernel scores (``runtime.scoring.score_codes``): uint8 codes with one scale
+per page. int8 and pooled fp16 vectors are quantized to those once, when a search first reads
+them (int8 rows are rounded again, to their page's scale); binary vectors stay bits and are
+expanded per block (codes would take 8x RAM).
 
 The layout of a page is where its image tokens sit among its rows: one ``(start, grid_h,
 grid_w)`` per tile (and thumbnail), in row order (``runtime.preprocess.layout``; the processor
@@ -87,16 +88,16 @@ class Compaction:
         """Bytes one compact vector takes in a search's RAM: its ``to_codes`` form."""
         return (dim // 8 if self.kind == "binary" else dim) + 4
 
-    def to_codes(self, data: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stored compact vectors ([m, row_bytes] uint8) -> (rows, scale float32 [m]) for
-        ``runtime.scoring.score_codes``: uint8 codes, or sign bits that ``code_decoder`` expands."""
-        if self.kind == "int8":
-            scale = data[:, dim : dim + 4].copy().view(np.float32)[:, 0]
-            scale = np.where(np.isfinite(scale), scale, np.float32(np.nan)).astype(np.float32)
-            return data[:, :dim] ^ np.uint8(0x80), scale  # int8 v -> uint8 v + 128, bit for bit
+    def to_codes(self, data: np.ndarray, dim: int, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored compact vectors ([m, row_bytes] uint8) of pages back to back (``offsets``, from 0
+        to m; rows between pages are their own documents) -> (rows, scale float32 [m]) for
+        ``runtime.scoring.score_codes``: uint8 codes, or sign bits that ``code_decoder`` expands.
+        Every row of a page carries the page's scale, so the kernel takes the max on integers."""
         if self.kind == "binary":
             return np.array(data), np.full(len(data), 1.0 / (ROW_CODE_MAX * np.sqrt(dim)), np.float32)
-        return quantize_rows(data.view(np.float16))
+        with np.errstate(invalid="ignore", over="ignore"):  # a damaged int8 scale: NaN, found by the search
+            rows = self.to_float(data, dim) if self.kind == "int8" else data.view(np.float16)
+            return quantize_rows(rows, offsets)
 
     def code_decoder(self, dim: int):  # -> Callable[[np.ndarray], np.ndarray] | None
         """Turns a block of ``to_codes`` rows into uint8 codes: sign bits -> 128 +- 127; None for

@@ -9,7 +9,7 @@ whole index is at most ``VERIFY_ON_OPEN_BYTES``, and whenever a score comes out 
 The candidate stage scores packs, not segments: an index imported or added in commits of 16
 pages has one segment per 16 pages, and a kernel call per segment made 1,250 calls a query at
 20k pages, ~95% of the time in per-call overhead. Consecutive segments' compact vectors are
-turned once into codes (``Compaction.to_codes``: uint8 and a scale per vector, what RAM holds;
+turned once into codes (``Compaction.to_codes``: uint8 and one scale per page, what RAM holds;
 files are read once and not kept, unless the index dropped its originals) and concatenated into packs of about
 ``PACK_ROWS`` vectors, each scored in one ``score_codes`` call. Full packs survive a commit; only
 the tail is rebuilt. The codes' scores only pick candidates: the exact stage (or, in an index
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import StoreError
-from ...scoring import CodeLayout, score_codes, score_packed
+from ...scoring import ROW_ZERO, CodeLayout, quantize_rows, score_codes, score_packed
 from ..base import DEFAULT_RERANK, Hit, decode_path
 from ..compact import Compaction
 from .catalog import Catalog
@@ -73,6 +73,7 @@ class _PackSpans:
 
     pack: _Pack
     layout: CodeLayout  # document bounds in pack.codes, as score_codes reads them
+    scale: np.ndarray  # [documents] each document's scale (every row of a page carries its page's)
     idx: np.ndarray  # positions in the plan's rows (pages with compact vectors)
     doc: np.ndarray  # each of those pages' document (a page without compact vectors is not listed: it scores 0)
 
@@ -186,6 +187,9 @@ class Scanner:
                 total = sum(size for size, _ in segs.expected(catalog.segment_rows()).values())
                 verify = total <= VERIFY_ON_OPEN_BYTES
                 maps, cmaps, fresh = {}, {}, {}
+                spans: dict[int, list[tuple[int, int]]] = {}  # segment -> its pages' compact rows
+                for r in rows:
+                    spans.setdefault(r[0], []).append((r[9], r[10]))
                 for seg, file, nrows, *_rest in rows:
                     cfile, crows = _rest[4], _rest[5]
                     if seg in maps or seg in cmaps or seg in fresh:
@@ -197,10 +201,12 @@ class Scanner:
                     if not self.keeps_originals:
                         cmaps[seg] = segs.compact(seg, cfile, crows, verify=verify)
                     if (seg, cfile) not in have:
+                        bounds = _page_bounds(spans[seg], crows)
                         if self.keeps_originals:
-                            fresh[seg] = kind.to_codes(segs.read_compact(seg, cfile, crows, verify=verify), dim)
+                            data = segs.read_compact(seg, cfile, crows, verify=verify)
+                            fresh[seg] = kind.to_codes(data, dim, bounds)
                         else:
-                            fresh[seg] = kind.to_codes(cmaps[seg], dim)
+                            fresh[seg] = kind.to_codes(cmaps[seg], dim, bounds)
                             segs.release(cmaps[seg])
             return rows, maps, cmaps, fresh, verify
 
@@ -300,7 +306,7 @@ class Scanner:
         for ps in plan.packs:
             if not ps.layout.blocks:  # only vector-less pages: they score 0
                 continue
-            s = score_codes(queries, ps.pack.codes, ps.pack.scale, ps.layout, decode=decode)[:, ps.doc]
+            s = score_codes(queries, ps.pack.codes, ps.scale, ps.layout, decode=decode)[:, ps.doc]
             if not np.isfinite(s).all():
                 bad = [plan.rows[i] for i in ps.idx[~np.isfinite(s).all(axis=0)]]
                 if not plan.verified:  # raises when the file was damaged
@@ -319,19 +325,31 @@ def _pack_spans(pack: _Pack, rows: list[tuple], by_seg: dict[int, list[int]]) ->
     live = count > 0
     idx, start, count = idx[live], start[live], count[live]
     if not len(idx):
-        return _PackSpans(pack, CodeLayout.build(np.zeros(1, np.int64)), idx, idx)
+        return _PackSpans(pack, CodeLayout.build(np.zeros(1, np.int64)), np.zeros(0, np.float32), idx, idx)
     spans, doc = np.unique(np.stack([start, count], axis=1), axis=0, return_inverse=True)
     lo, hi = spans[:, 0], spans[:, 0] + spans[:, 1]
     if np.any(hi[:-1] > lo[1:]):
         # Overlapping spans are damage (a commit writes each page's vectors once, and pages that
         # share rows share the whole span): score each span as its own copy, right anyway.
         take = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-        offsets = np.concatenate([[0], np.cumsum(spans[:, 1])])
-        copy = _Pack(pack.segs, pack.codes[take], pack.scale[take], pack.base)
-        return _PackSpans(copy, CodeLayout.build(offsets), idx, doc.ravel())
+        layout = CodeLayout.build(np.concatenate([[0], np.cumsum(spans[:, 1])]))
+        codes, scale = pack.codes[take], pack.scale[take]
+        if not np.array_equal(np.repeat(layout.doc_scale(scale), spans[:, 1]), scale, equal_nan=True):
+            # the snapshot gave each piece of an overlap its own scale: one per span again
+            codes, scale = quantize_rows((codes.astype(np.float32) - ROW_ZERO) * scale[:, None], layout.offsets)
+        copy = _Pack(pack.segs, codes, scale, pack.base)
+        return _PackSpans(copy, layout, layout.doc_scale(scale), idx, doc.ravel())
     # Bounds of every span and of the dead rows between them: documents back to back.
     bounds, where = np.unique(np.concatenate([lo, hi]), return_inverse=True)
-    return _PackSpans(pack, CodeLayout.build(bounds), idx, where[: len(lo)][doc.ravel()])
+    layout = CodeLayout.build(bounds)
+    return _PackSpans(pack, layout, layout.doc_scale(pack.scale), idx, where[: len(lo)][doc.ravel()])
+
+
+def _page_bounds(spans: list[tuple[int, int]], n: int) -> np.ndarray:
+    """Document offsets from 0 to ``n`` over one segment's compact rows: each page's span, and
+    the rows between pages as documents of their own (what ``Compaction.to_codes`` quantizes)."""
+    edges = np.array([0, n, *(x for a, c in spans for x in (a, a + c))], np.int64)
+    return np.unique(np.clip(edges, 0, n))
 
 
 def _top(row: np.ndarray, k: int, rows: list[tuple]) -> list[Hit]:
