@@ -321,8 +321,7 @@ def _quantize_queries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _CodeBlock:
     lo: int  # rows lo:hi of the codes
     hi: int
-    docs: np.ndarray  # the block's documents with rows (empty ones score 0)
-    at: slice | np.ndarray  # the same as a slice when they are consecutive (a view, not a gather)
+    at: slice | np.ndarray  # the block's documents with rows (empty ones score 0): a slice when consecutive
     run: int  # rows of every document when they are all equal (the ``run`` graph), else 0
     pieces: np.ndarray | None  # [p, piece] int32 row numbers relative to lo (the ``pieces`` graph)
     firsts: np.ndarray | None  # each document's first piece; None when every document is one piece
@@ -349,7 +348,7 @@ class CodeLayout:
             lengths = np.diff(offsets[a : b + 1])
             docs = np.flatnonzero(lengths > 0)
             if len(docs) and (lengths[docs] == lengths[docs[0]]).all():  # empty ones hold no rows
-                blocks.append(_CodeBlock(lo, hi, a + docs, _where(a + docs), int(lengths[docs[0]]), None, None))
+                blocks.append(_CodeBlock(lo, hi, _where(a + docs), int(lengths[docs[0]]), None, None))
             elif len(docs):
                 lengths = lengths[docs]
                 piece = int(min(lengths.max(), PIECE_ROWS))
@@ -359,7 +358,7 @@ class CodeLayout:
                 start = offsets[a + docs][doc_of] + (np.arange(len(doc_of)) - firsts[doc_of]) * piece
                 last = offsets[a + docs + 1][doc_of] - 1
                 rows = np.minimum(start[:, None] + np.arange(piece), last[:, None]) - lo
-                blocks.append(_CodeBlock(lo, hi, a + docs, _where(a + docs), 0, rows.astype(np.int32),
+                blocks.append(_CodeBlock(lo, hi, _where(a + docs), 0, rows.astype(np.int32),
                                          firsts if len(doc_of) > len(docs) else None))  # fmt: skip
             a = b
         return cls(offsets, tuple(blocks))

@@ -188,7 +188,7 @@ class Scanner:
                 verify = total <= VERIFY_ON_OPEN_BYTES
                 maps, cmaps, fresh = {}, {}, {}
                 spans: dict[int, list[tuple[int, int]]] = {}  # segment -> its pages' compact rows
-                for r in rows:
+                for r in rows if two_stage else ():
                     spans.setdefault(r[0], []).append((r[9], r[10]))
                 for seg, file, nrows, *_rest in rows:
                     cfile, crows = _rest[4], _rest[5]
@@ -334,11 +334,13 @@ def _pack_spans(pack: _Pack, rows: list[tuple], by_seg: dict[int, list[int]]) ->
         take = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
         layout = CodeLayout.build(np.concatenate([[0], np.cumsum(spans[:, 1])]))
         codes, scale = pack.codes[take], pack.scale[take]
-        if not np.array_equal(np.repeat(layout.doc_scale(scale), spans[:, 1]), scale, equal_nan=True):
+        doc_scale = layout.doc_scale(scale)
+        if not np.array_equal(np.repeat(doc_scale, spans[:, 1]), scale, equal_nan=True):
             # the snapshot gave each piece of an overlap its own scale: one per span again
             codes, scale = quantize_rows((codes.astype(np.float32) - ROW_ZERO) * scale[:, None], layout.offsets)
+            doc_scale = layout.doc_scale(scale)
         copy = _Pack(pack.segs, codes, scale, pack.base)
-        return _PackSpans(copy, layout, layout.doc_scale(scale), idx, doc.ravel())
+        return _PackSpans(copy, layout, doc_scale, idx, doc.ravel())
     # Bounds of every span and of the dead rows between them: documents back to back.
     bounds, where = np.unique(np.concatenate([lo, hi]), return_inverse=True)
     layout = CodeLayout.build(bounds)
