@@ -15,7 +15,7 @@ DEMO_PRECISION ?= fp32
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,dev,pdf,qdrant,pool,retrieval]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[export,dev,pdf,qdrant,pool,retrieval,openvino]"
 	# Parity-test oracles. --no-deps: torchvision 0.28.0 is the release that pairs with torch 2.13
 	# (its CUDA-only C ops are never used; see export/_compat.py), sauerkrautlm-colpali pins
 	# torch<2.9 in its metadata although its processor code runs fine on 2.13, and colpali-engine

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from runtime.parity import Gate
+from runtime.parity import FP32_GATE, REDUCED_GATE, Gate
 
 __all__ = ["FAKE_QUANT", "GATES", "METHODS", "RECIPES", "Gate", "Precision", "Recipe", "parse_precisions"]
 
@@ -55,9 +55,9 @@ METHODS: dict[str, str] = {
 # The old 0.98 / 0.9 let through dynamic int8 whose AVX2 kernels saturate (worst token 0.81 on
 # AVX2, 0.999 on ARM for the same graph).
 GATES: dict[Precision, Gate] = {
-    Precision.FP32: Gate(min_worst_cos=0.99999, max_abs=1e-4, max_maxsim_rel_error=1e-4),
+    Precision.FP32: FP32_GATE,
     Precision.FP16: Gate(min_worst_cos=0.999),
-    Precision.INT8: Gate(min_worst_cos=0.98, min_mean_cos=0.995, max_maxsim_rel_error=2e-2),
+    Precision.INT8: REDUCED_GATE,
     Precision.INT8_QDQ: Gate(min_worst_cos=0.98, min_mean_cos=0.995),
 }
 

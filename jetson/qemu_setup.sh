@@ -33,17 +33,20 @@ if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
   for f in "$ROOT"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$f" "$ROOT"; done
   rm -f "$ROOT"/var/cache/apt/archives/*.deb
 fi
-# The runtime's own dependencies (pyproject's, pinned by constraints.txt) as aarch64 wheels. Both
-# platform tags: onnxruntime's aarch64 wheels are manylinux_2_28 only.
+# The runtime's own dependencies (pyproject's, pinned by constraints.txt) and the openvino extra
+# as aarch64 wheels. Every platform tag: onnxruntime's aarch64 wheels are manylinux_2_28 only,
+# openvino's manylinux_2_35 (this Debian has glibc 2.36).
 DEPS=$("$PY" - "$HERE/pyproject.toml" <<'PYEOF'
 import sys, tomllib
-print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(" ".join(project["dependencies"] + project["optional-dependencies"]["openvino"]))
 PYEOF
 )
 rm -rf "$SITE.tmp"
 # shellcheck disable=SC2086
 "$PY" -m pip install -q --no-warn-conflicts --target "$SITE.tmp" --only-binary=:all: --python-version 3.11 --implementation cp \
-  --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 -c "$HERE/constraints.txt" $DEPS
+  --platform manylinux_2_35_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
+  -c "$HERE/constraints.txt" $DEPS
 rm -rf "$SITE" && mv "$SITE.tmp" "$SITE"
-"$HERE/jetson/qemu_run.sh" "$DIR" -c "import platform, numpy, onnxruntime; print('qemu-aarch64:', platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__)"
+"$HERE/jetson/qemu_run.sh" "$DIR" -c "import platform, numpy, onnxruntime, openvino; print('qemu-aarch64:', platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__, 'openvino', openvino.__version__)"
 touch "$DIR/.ready"

@@ -17,7 +17,16 @@ import numpy as np
 from .errors import InputError
 from .scoring import score
 
-__all__ = ["Fidelity", "Gate", "compare", "fidelity_report", "maxsim_rel_error", "topk_agreement"]
+__all__ = [
+    "FP32_GATE",
+    "REDUCED_GATE",
+    "Fidelity",
+    "Gate",
+    "compare",
+    "fidelity_report",
+    "maxsim_rel_error",
+    "topk_agreement",
+]
 
 ArrayOrList = np.ndarray | Sequence[np.ndarray]
 
@@ -128,6 +137,13 @@ class Gate:
         if self.max_abs is not None and unit_norm and max_abs > self.max_abs:
             out.append(f"max-abs {max_abs:.2e} > {self.max_abs:.0e}")
         return out
+
+
+# The two gates every engine shares (``export.recipes.GATES`` uses them too): fp32 against the
+# PyTorch fp32 reference, and any reduced precision (int8, bf16): mean >= 0.995 and worst token
+# >= 0.98 per graph, MaxSim within 2 % (docs/cpu-classes.md).
+FP32_GATE = Gate(min_worst_cos=0.99999, max_abs=1e-4, max_maxsim_rel_error=1e-4)
+REDUCED_GATE = Gate(min_worst_cos=0.98, min_mean_cos=0.995, max_maxsim_rel_error=2e-2)
 
 
 def fidelity_report(

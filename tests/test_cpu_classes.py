@@ -132,6 +132,37 @@ def test_selftest_on_aarch64(arm64: Path, tiny_bundle: Path, host_selftest: dict
     _same_numbers(report, host_selftest, "int8", 2e-4, 5e-3)
 
 
+@pytest.fixture(scope="module")
+def host_ov_selftest(tiny_bundle: Path) -> dict:
+    res = subprocess.run([sys.executable, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
+                          "--engine", "ov-cpu", "--precision", "fp32,int8"], capture_output=True, text=True,
+                         timeout=TIMEOUT, env={**os.environ, "COLLFM2_OV_CACHE": ""})  # fmt: skip
+    return _json_out(res)
+
+
+OV_ARGS = ("-m", "runtime", "selftest", "--json", "--engine", "ov-cpu", "--precision", "fp32,int8")
+
+
+@pytest.mark.parametrize(("cpu", "expected"), [("Haswell", "x86_64-avx2"), ("Nehalem", "x86_64-sse")])
+def test_openvino_selftest_on_emulated_x86(x86_host: None, tiny_bundle: Path, host_ov_selftest: dict, cpu: str,
+                                           expected: str, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """OpenVINO's kernels differ by instruction set too (its JIT emits for the CPU it finds)."""
+    monkeypatch.setenv("COLLFM2_OV_CACHE", "")  # a compiled blob is for the CPU that compiled it
+    report = _json_out(_x86(cpu, *OV_ARGS, "--bundle", str(tiny_bundle)))
+    assert report["cpu_class"] == expected and report["backend"] == "ov-cpu" and report["passed"], report
+    _same_numbers(report, host_ov_selftest, "fp32", 1e-6, 1e-5)
+    _same_numbers(report, host_ov_selftest, "int8", 2e-4, 5e-3)
+
+
+def test_openvino_selftest_on_aarch64(arm64: Path, tiny_bundle: Path, host_ov_selftest: dict,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("COLLFM2_OV_CACHE", "")
+    report = _json_out(_aarch64(arm64, *OV_ARGS, "--bundle", str(tiny_bundle)))
+    assert report["machine"] == "aarch64" and report["backend"] == "ov-cpu" and report["passed"], report
+    _same_numbers(report, host_ov_selftest, "fp32", 1e-6, 1e-5)
+    _same_numbers(report, host_ov_selftest, "int8", 2e-4, 5e-3)
+
+
 PROBE = ROOT / "jetson" / "int8_probe.py"
 
 

@@ -29,7 +29,7 @@ from ..bundle.manifest import Bundle, open_bundle
 from ..errors import InputError, ModelFilesError
 from ..preprocess.image import position_weights, unshuffle_index
 from ..preprocess.processor import real_rows
-from .runner import engine
+from .runner import check_recorded, engine
 
 __all__ = ["ColLFM2", "default_precision", "merge_image_tokens"]
 
@@ -124,6 +124,7 @@ class ColLFM2:
         self.precision = loaded.precision
         self.engines = loaded.engines  # the engine set's engines.json (trt)
         entry = loaded.entry
+        self.gate = entry.get("gate")  # what selftest judges these graphs by
         m = bundle.model
         self.image_token_id = int(m["image_token_id"])
         self.hidden_size = int(m["hidden_size"])
@@ -180,6 +181,7 @@ class ColLFM2:
         picks its own (``default_precision``); with ``trt``, ``precision`` may name an engine set
         (``"trt/orin-nano-fp16"``) when the bundle holds several.
         """
+        check_recorded(backend, precision)
         bundle = open_bundle(Path(path), verify=False)  # the precision may depend on what it holds
         if engine(backend).own_precision:  # engines are checked by their own sha256 as they load
             if verify:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["ENGINES", "Engine", "Loaded", "Runner", "engine"]
+__all__ = ["ENGINES", "Engine", "Loaded", "Runner", "check_recorded", "engine"]
 
 
 class Runner(Protocol):
@@ -60,8 +60,24 @@ ENGINES: dict[str, Engine] = {
         Engine("ort-cuda", "ort", "gpu", _CUDA, "ONNX Runtime, CUDA provider"),
         Engine("ort-trt", "ort", "gpu", ("TensorrtExecutionProvider", *_CUDA), "ONNX Runtime, TensorRT provider"),
         Engine("trt", "trt", "gpu", (), "native TensorRT engines (python -m export --target trt)", own_precision=True),
+        # OpenVINO names its precisions itself (fp32, bf16, int8: runtime/encoder/ov.py).
+        Engine("ov-cpu", "ov", "cpu", (), "OpenVINO on the CPU (pip install openvino)", own_precision=True),
+        Engine("ov-gpu", "ov", "gpu", (), "OpenVINO on an Intel iGPU (untested here)", own_precision=True),
+        Engine("ov-npu", "ov", "gpu", (), "OpenVINO on an Intel NPU (untested here)", own_precision=True),
     )
 }
+
+
+# Precisions an index records that only one family of engines makes.
+_RECORDED_BY = {"trt/": ("trt",), "ov/": ("ov-cpu", "ov-gpu", "ov-npu")}
+
+
+def check_recorded(backend: str, precision: str | None) -> None:
+    """A one-line error when ``precision`` (e.g. ``ov/bf16``, as an index records it) needs another engine."""
+    for prefix, makers in _RECORDED_BY.items():
+        if precision and precision.startswith(prefix) and backend not in makers:
+            raise UserError(f"precision {precision} is made by the {makers[0]} engine, not {backend}; "
+                            f"pass --engine {makers[0]}")  # fmt: skip
 
 
 def engine(name: str) -> Engine:

@@ -20,6 +20,7 @@ from ..bundle.manifest import open_bundle
 from ..cpu import cpu_class
 from ..errors import ModelFilesError
 from ..parity import Gate, fidelity_report
+from .runner import engine
 
 __all__ = ["selftest"]
 
@@ -50,11 +51,14 @@ def selftest(
     pages_in = proc.process_images([str(bundle.file(p)) for p in probe["pages"]])
     queries_in = proc.process_queries(list(probe["queries"]))
     results = {}
+    if not precisions and engine(backend).module == "ov":
+        from .ov import offered
+
+        precisions = offered(engine(backend), bundle.precisions)
     for name in precisions or bundle.precisions:
-        entry = bundle.precision(name)
         model = ColLFM2.from_pretrained(bundle.path, precision=name, threads=threads, backend=backend)
         pages, queries = model.encode_rows(pages_in), model.encode_rows(queries_in)
-        gate = Gate.from_dict(entry.get("gate") or {"min_worst_cos": 1.0})
+        gate = Gate.from_dict(model.gate or {"min_worst_cos": 1.0})
         results[name] = {**fidelity_report(ref_pages, ref_queries, pages, queries, gate), "gate": str(gate)}
     return {
         "cpu_class": cpu_class(),

@@ -1,0 +1,191 @@
+"""OpenVINO runners (``ov-cpu``, and ``ov-gpu`` / ``ov-npu`` passed through as device names).
+
+They compile the bundle's own ONNX graphs; no other files are needed. An OpenVINO precision is
+a choice of graph file and inference hint per graph (``PRECISIONS``):
+
+- ``fp32``: the fp32 graphs with the f32 hint. The hint is set explicitly: on a CPU with native
+  bf16 (AVX512_BF16, AMX) OpenVINO's own default is bf16. Its vectors are gated like ONNX
+  Runtime's fp32 (worst cosine >= 0.99999), so an index records plain ``fp32`` and either engine
+  can search it.
+- ``bf16``: the fp32 graphs with the bf16 hint, only where the CPU computes bf16 natively; an
+  emulated bf16 is slower than fp32, so it is refused elsewhere.
+- ``int8``: the text graph of the bundle's ``int8`` precision (int8 weights, activations
+  quantised per call, ``MatMulInteger``), whose integers OpenVINO computes as ONNX Runtime does,
+  and the fp32 vision graph: OpenVINO runs the int8 vision graph slower than fp32 (0.42x ONNX
+  Runtime's fp32, issue 25's table).
+
+``bf16`` and ``int8`` vectors differ from ONNX Runtime's, so an index records them as
+``ov/bf16`` and ``ov/int8``; they are judged by the reduced-precision gate (``selftest``).
+
+Compiled graphs are cached (``COLLFM2_OV_CACHE``, default ``~/.cache/collfm2-edge/openvino``;
+empty to turn it off), so the second start skips compilation.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cpu import cpu_features
+from ..errors import ModelFilesError, UserError
+from ..parity import FP32_GATE, REDUCED_GATE, Gate
+from .runner import Engine, Loaded
+
+__all__ = ["PRECISIONS", "OvPrecision", "OvRunner", "cache_dir", "load", "native_bf16", "offered", "resolve"]
+
+INSTALL = "OpenVINO is not installed: pip install 'collfm2-edge[openvino]' (or pip install openvino)"
+DEVICES = {"ov-cpu": "CPU", "ov-gpu": "GPU", "ov-npu": "NPU"}
+
+
+@dataclass(frozen=True)
+class OvPrecision:
+    name: str
+    files: dict[str, str]  # graph -> the bundle precision whose file runs it
+    hint: str  # OpenVINO's INFERENCE_PRECISION_HINT
+    recorded: str  # what an index records
+    gate: Gate
+    needs_bf16: bool = False
+    cpu: bool = True  # offered on ov-cpu
+
+
+_FP32 = {"vision": "fp32", "text": "fp32"}
+PRECISIONS: dict[str, OvPrecision] = {
+    p.name: p
+    for p in (
+        OvPrecision("fp32", _FP32, "f32", "fp32", FP32_GATE),
+        OvPrecision("bf16", _FP32, "bf16", "ov/bf16", REDUCED_GATE, needs_bf16=True),
+        OvPrecision("int8", {"vision": "fp32", "text": "int8"}, "f32", "ov/int8", REDUCED_GATE),
+        # GPUs and NPUs compute in fp16; the x86 CPUs we target do not (AVX512_FP16 aside).
+        OvPrecision("fp16", _FP32, "f16", "ov/fp16", REDUCED_GATE, cpu=False),
+    )
+}
+
+
+def native_bf16(features: set[str] | None = None) -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512_BF16; every AMX CPU has it too).
+
+    ``COLLFM2_OV_FORCE_BF16=1`` lets the tests run the bf16 path on any CPU (OpenVINO then
+    computes what it can; the gate still judges the result)."""
+    if os.environ.get("COLLFM2_OV_FORCE_BF16") == "1":
+        return True
+    feats = cpu_features() if features is None else features
+    return "AVX512BF16" in feats
+
+
+def cache_dir() -> Path | None:
+    """Where compiled graphs are kept (``COLLFM2_OV_CACHE``; empty: nowhere)."""
+    raw = os.environ.get("COLLFM2_OV_CACHE")
+    if raw is not None:
+        return Path(raw) if raw.strip() else None
+    return Path.home() / ".cache" / "collfm2-edge" / "openvino"
+
+
+def resolve(engine: Engine, precision: str | None, bundle_precisions: Sequence[str],
+            features: set[str] | None = None) -> OvPrecision:  # fmt: skip
+    """The OpenVINO precision ``precision`` names (``fp32``, ``bf16``, ``int8``, or ``ov/<name>`` as an
+    index records it; None: the engine's default), refused with one line where it cannot run."""
+    if precision is None:
+        precision = "fp32" if engine.device == "cpu" else "fp16"
+    name = precision[3:] if precision.startswith("ov/") else precision
+    chosen = PRECISIONS.get(name)
+    if chosen is None:
+        raise UserError(f"{engine.name}: no precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    cpu = DEVICES[engine.name] == "CPU"
+    if cpu and not chosen.cpu:
+        raise UserError(f"{engine.name}: {name} runs on OpenVINO's GPU and NPU devices, not the CPU")
+    if cpu and chosen.needs_bf16 and not native_bf16(features):
+        raise UserError(f"{engine.name}: this CPU has no native bf16 (AVX512_BF16 or AMX); emulated bf16 is slower "
+                        "than fp32, so use --precision fp32 or int8")  # fmt: skip
+    missing = sorted(set(chosen.files.values()) - set(bundle_precisions))
+    if missing:
+        raise ModelFilesError(f"{engine.name} {name} needs the bundle's {' and '.join(missing)} graphs; re-export with "
+                              f"--precision {','.join(sorted(set(chosen.files.values())))}")  # fmt: skip
+    return chosen
+
+
+def offered(engine: Engine, bundle_precisions: Sequence[str], features: set[str] | None = None) -> list[str]:
+    """The precisions ``engine`` can run on this machine with this bundle's graphs."""
+    out = []
+    for name in PRECISIONS:
+        try:
+            resolve(engine, name, bundle_precisions, features)
+        except (UserError, ModelFilesError):
+            continue
+        out.append(name)
+    return out
+
+
+class OvRunner:
+    """A ``Runner`` over an ``openvino.CompiledModel``: one infer request per thread (a request is
+    not thread-safe, and the service encodes queries while its ingest worker encodes pages)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self._outputs = list(compiled.outputs)
+        self._local = threading.local()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        # share_outputs=False: the request's buffers are rewritten by its next call.
+        result = request.infer(feeds, share_inputs=True, share_outputs=False)
+        return [np.asarray(result[o]) for o in self._outputs]
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise UserError(INSTALL) from None
+    return openvino
+
+
+def compile_graph(path: Path, device: str, hint: str, threads: int | None) -> Any:
+    """``path`` compiled for ``device`` with inference hint ``hint``, through the compile cache."""
+    ov = _import_openvino()
+    core = ov.Core()
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    if device == "CPU":
+        config["NUM_STREAMS"] = 1
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+    cache = cache_dir()
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache)
+        except OSError:  # a read-only home: compile each time, as without a cache
+            pass
+    try:
+        return core.compile_model(str(path), device, config)
+    except Exception as exc:  # OpenVINO raises its own types; the file is the user's to fix
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFilesError(f"{path}: OpenVINO cannot compile it for {device} ({first})") from exc
+
+
+def load(
+    engine: Engine, bundle: Any, precision: str | None, threads: int | None, providers: Sequence[Any] | None
+) -> Loaded:
+    """Runners for ``precision`` (see ``PRECISIONS``); graph files are checked against the manifest."""
+    chosen = resolve(engine, precision, bundle.precisions)
+    _import_openvino()
+    device = DEVICES[engine.name]
+    runners: dict[str, Any] = {}
+    graphs: dict[str, Any] = {}
+    for graph, source in chosen.files.items():
+        spec = dict(bundle.precision(source)["graphs"][graph])
+        bundle.verify_files([spec["file"]])
+        runners[graph] = OvRunner(compile_graph(bundle.file(spec["file"]), device, chosen.hint, threads))
+        graphs[graph] = spec
+    # The text graph's own embedding table goes with it.
+    text_entry = bundle.precision(chosen.files["text"])
+    bundle.verify_files([text_entry["embeddings"]["file"]])
+    entry = {**text_entry, "graphs": graphs, "gate": asdict(chosen.gate), "session_config": {}}
+    return Loaded(runners, chosen.recorded, entry)

@@ -1,0 +1,136 @@
+"""The OpenVINO engine (``--engine ov-cpu``): precisions, refusals, fidelity, the compile cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.encoder import ov
+from runtime.encoder.runner import ENGINES, check_recorded
+from runtime.errors import ModelFilesError, UserError
+
+CPU = ENGINES["ov-cpu"]
+ALL = ["fp32", "fp16", "int8", "int8-qdq"]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_precisions_are_resolved_or_refused_in_one_line() -> None:
+    assert ov.resolve(CPU, None, ALL).name == "fp32"
+    assert ov.resolve(CPU, "ov/int8", ALL).recorded == "ov/int8"
+    assert ov.resolve(CPU, "fp32", ALL).recorded == "fp32"  # gated like ONNX Runtime's fp32: one index
+    assert ov.resolve(CPU, "bf16", ALL, features={"AVX512F", "AVX512BF16"}).hint == "bf16"
+    with pytest.raises(UserError, match="no native bf16") as e:
+        ov.resolve(CPU, "bf16", ALL, features={"AVX2", "AVX512F", "AVX512VNNI"})
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="GPU and NPU"):
+        ov.resolve(CPU, "fp16", ALL)
+    assert ov.resolve(ENGINES["ov-gpu"], None, ALL).name == "fp16"
+    with pytest.raises(UserError, match="choose from fp32, bf16, int8"):
+        ov.resolve(CPU, "int4", ALL)
+    with pytest.raises(ModelFilesError, match="needs the bundle's int8 graphs; re-export with --precision fp32,int8"):
+        ov.resolve(CPU, "int8", ["fp32"])
+    assert ov.offered(CPU, ["fp32"], features=set()) == ["fp32"]
+    assert ov.offered(CPU, ALL, features={"AVX512BF16"}) == ["fp32", "bf16", "int8"]
+
+
+def test_forced_bf16_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLLFM2_OV_FORCE_BF16", "1")
+    assert ov.resolve(CPU, "bf16", ALL, features=set()).name == "bf16"
+
+
+def test_recorded_precisions_name_their_engine() -> None:
+    with pytest.raises(UserError, match="made by the ov-cpu engine, not ort-cpu; pass --engine ov-cpu"):
+        check_recorded("ort-cpu", "ov/bf16")
+    with pytest.raises(UserError, match="pass --engine trt"):
+        check_recorded("ov-cpu", "trt/orin-fp16@abc")
+    check_recorded("ov-npu", "ov/fp16")
+    check_recorded("ov-cpu", "fp32")
+
+
+def test_each_precision_passes_its_gate_and_matches_onnx_runtime(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 is ONNX Runtime's fp32 to float rounding; int8 runs ONNX Runtime's int8 text graph and
+    the fp32 vision graph; bf16 (forced where the CPU lacks it) passes the reduced-precision gate."""
+    from runtime import ColLFM2, ColLFM2Processor
+    from runtime.encoder.selftest import selftest
+
+    monkeypatch.setenv("COLLFM2_OV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLLFM2_OV_FORCE_BF16", "1")
+    report = selftest(tiny_bundle, backend="ov-cpu")
+    assert list(report["results"]) == ["fp32", "bf16", "int8"] and report["passed"], report
+    assert report["results"]["fp32"]["gate"].startswith("worst cos >= 0.99999")
+    assert report["results"]["int8"]["gate"].startswith("worst cos >= 0.98")
+
+    proc = ColLFM2Processor.from_pretrained(tiny_bundle)
+    batch = proc.process_images([np.full((300, 700, 3), 90, np.uint8)])
+    queries = proc.process_queries(["total amount due", "a"])
+    ref = ColLFM2.from_pretrained(tiny_bundle, precision="fp32")
+    got = ColLFM2.from_pretrained(tiny_bundle, precision="fp32", backend="ov-cpu")
+    assert got.precision == "fp32"
+    np.testing.assert_allclose(got(**batch), ref(**batch), atol=1e-5)
+    np.testing.assert_allclose(got(**queries), ref(**queries), atol=1e-5)
+    # int8: the text graph's integers are ONNX Runtime's; queries never touch the vision graph.
+    q8 = ColLFM2.from_pretrained(tiny_bundle, precision="int8", backend="ov-cpu")
+    assert q8.precision == "ov/int8" and "text" in q8.one_at_a_time and "vision" not in q8.one_at_a_time
+    np.testing.assert_allclose(q8(**queries), ColLFM2.from_pretrained(tiny_bundle, precision="int8")(**queries),
+                               atol=1e-4)  # fmt: skip
+    assert any((tmp_path / "cache").iterdir()), "the compile cache stayed empty"
+
+
+def test_without_openvino_it_is_one_line(tiny_bundle: Path) -> None:
+    script = (
+        "import sys; sys.modules['openvino'] = None\n"
+        "from runtime import ColLFM2\n"
+        "from runtime.errors import UserError\n"
+        "try:\n"
+        f"    ColLFM2.from_pretrained({str(tiny_bundle)!r}, backend='ov-cpu')\n"
+        "except UserError as e:\n"
+        "    print(e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == ov.INSTALL, res.stdout + res.stderr
+
+
+def test_a_damaged_graph_is_refused_before_compiling(tiny_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    with open(b / "fp32" / "text.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02\x03")
+    res = _run("selftest", "--bundle", str(b), "--engine", "ov-cpu", "--precision", "fp32")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "does not match the manifest" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_index_made_by_openvino_int8_says_which_engine_searches_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(np.full((200, 300, 3), 60 * i, np.uint8)).save(pages / f"p{i}.png")
+    idx = tmp_path / "idx"
+    env = {"COLLFM2_OV_CACHE": str(tmp_path / "cache")}
+    res = _run("index", "add", "--index", str(idx), "--bundle", str(tiny_bundle), "--engine", "ov-cpu",
+               "--precision", "int8", str(pages), env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    meta = json.loads(_run("index", "info", "--index", str(idx), "--json").stdout)
+    assert "ov/int8" in json.dumps(meta), meta
+    res = _run("search", "--index", str(idx), "hello")
+    assert res.returncode == 2 and "pass --engine ov-cpu" in res.stderr and "Traceback" not in res.stderr
+    res = _run("search", "--index", str(idx), "--engine", "ov-cpu", "--json", "hello", env=env)
+    assert res.returncode == 0, res.stderr
