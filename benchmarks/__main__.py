@@ -6,8 +6,9 @@ One run measures, on this machine and in this process:
   figure can be read as a fraction of what the hardware gave in the same minute;
 * decode + preprocess (our numpy processor; backend-independent);
 * per backend (PyTorch eager fp32, and bf16 where the CPU has bf16 instructions; ORT CPU for each
-  precision of the bundle; CUDA when present): vision graph, embedding lookup + merge, text graph,
-  end-to-end page, and query encode, as p50/p95/mean over ``--runs`` after ``--warmup``;
+  precision of the bundle; OpenVINO CPU for each precision it offers here; CUDA when present):
+  vision graph, embedding lookup + merge, text graph, end-to-end page, and query encode, as
+  p50/p95/mean over ``--runs`` after ``--warmup``;
 * MaxSim over ``--maxsim-pages`` synthetic pages x 266 rows (ours, upstream sauerkrautlm-colpali's torch
   ``score_multi_vector``, a naive loop) and an index search over the same pages;
 * fidelity next to speed: mean/worst cosine and top-5 agreement of each ORT precision against
@@ -76,17 +77,18 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         bundle, _ = export(OnnxConfig(a.model, str(tmp / "bundle"), parse_precisions(a.precisions)), lambda m: None)
     processor = ColLFM2Processor.from_pretrained(bundle)
     pages, queries = inputs(processor)
+    pages = {n: img for n, img in pages.items() if n in a.pages}
     result: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["machine"] = machine(a.threads)
     result["config"] = {"model": a.model, "bundle": str(bundle), "runs": a.runs, "warmup": a.warmup,
-                        "threads": a.threads, "pages": PAGES, "query_tokens": QUERY_TOKENS,
+                        "threads": a.threads, "pages": {n: PAGES[n] for n in pages}, "query_tokens": QUERY_TOKENS,
                         "maxsim_pages": a.maxsim_pages}  # fmt: skip
     print("[bench] measuring GEMM peaks and copy bandwidth ...", flush=True)
     result["gemm_peaks"] = gemm_peaks(a.threads)
     result["gemm_peak_gflops"] = result["gemm_peaks"]["fp32"]
     result["copy_gbs"] = copy_bandwidth()
     result["read_gbs"] = read_bandwidth(a.threads)
-    result["flops"] = stage_flops(bundle, {n: None for n in PAGES}, pages, processor, QUERY_TOKENS)
+    result["flops"] = stage_flops(bundle, {n: None for n in pages}, pages, processor, QUERY_TOKENS)
     manifest = json.loads((bundle / "manifest.json").read_text())
     # Bytes a query must stream once: the text graph's weights (the query floor's memory term).
     result["text_weight_bytes"] = {p: (bundle / e["graphs"]["text"]["file"]).stat().st_size
@@ -119,6 +121,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         ort_models[f"ort-cpu-{p}"] = m
         backends[f"ort-cpu-{p}"] = ort_stages(m, processor, pages, queries, a.warmup, a.runs)
         tput[f"ort-cpu-{p}"] = throughput(m, processor, pages["512x512"], a.batch_sizes, a.warmup, a.runs)
+    if "ov-cpu" in a.engines:
+        from runtime.encoder.ov import offered
+        from runtime.encoder.runner import ENGINES
+
+        for p in offered(ENGINES["ov-cpu"], list(bundle_precisions)):
+            print(f"[bench] OpenVINO CPU {p} ...", flush=True)
+            m = ColLFM2.from_pretrained(bundle, precision=p, threads=a.threads, backend="ov-cpu")
+            ort_models[f"ov-cpu-{p}"] = m
+            backends[f"ov-cpu-{p}"] = ort_stages(m, processor, pages, queries, a.warmup, a.runs)
+            tput[f"ov-cpu-{p}"] = throughput(m, processor, pages["512x512"], a.batch_sizes, a.warmup, a.runs)
     if torch.cuda.is_available():
         # The full CUDA comparison (bf16, batching, GPU peaks) is benchmarks/bench_cuda.py.
         print("[bench] PyTorch CUDA fp32 ...", flush=True)
@@ -146,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4],
                     help="batches of 512x512 pages for pages/s (default 1,2,4)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--pages", type=lambda s: s.split(","), default=list(PAGES),
+                    help=f"page sizes to time (default {','.join(PAGES)}; 512x512 is always measured)")  # fmt: skip
+    ap.add_argument("--engines", type=lambda s: s.split(","), default=["ort-cpu", "ov-cpu"],
+                    help="runtime engines to measure beside eager: ort-cpu (always) and ov-cpu (default both; "
+                    "ov-cpu's precisions are those this CPU offers: fp32, int8, and bf16 where native)")  # fmt: skip
     ap.add_argument("--maxsim-pages", type=int, default=10_000)
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                     help="PyTorch eager bf16: auto (where the CPU has bf16 instructions), on (always; emulated bf16 "
@@ -154,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--name", default=None, help="file stem (default: bench-<model>-<cpu count>cpu)")
     a = ap.parse_args(argv)
+    unknown = sorted(set(a.pages) - set(PAGES))
+    if unknown:
+        ap.error(f"unknown page size {', '.join(unknown)}; choose from {', '.join(PAGES)}")
+    a.pages = sorted({*a.pages, "512x512"}, key=list(PAGES).index)  # pages/s and the ratios use it
     result = run(a)
     stem = a.name or f"bench-{Path(a.model).name}-{os.cpu_count()}cpu"
     write_results(result, Path(a.out_dir), stem, markdown(result))

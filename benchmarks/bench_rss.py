@@ -5,7 +5,7 @@ opens the bundle, encodes a query, a 512x512 page and then an A4 page, and repor
 memory after each step and the peak so far (``VmHWM``), next to the bytes of that precision's
 files (graphs + embedding table). The issue's target is peak RSS <= 1.3x the files.
 
-    python benchmarks/bench_rss.py --bundle DIR [--precisions fp32,fp16,int8] [--out FILE]
+    python benchmarks/bench_rss.py --bundle DIR [--precisions fp32,fp16,int8] [--engine ov-cpu] [--out FILE]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 steps = {{"start": rss()}}
 from runtime import ColLFM2, ColLFM2Processor
 steps["imported"] = rss()
-model = ColLFM2.from_pretrained({bundle!r}, precision={precision!r}, threads={threads})
+model = ColLFM2.from_pretrained({bundle!r}, precision={precision!r}, threads={threads}, backend={engine!r})
 proc = ColLFM2Processor.from_pretrained({bundle!r})
 steps["loaded"] = rss()
 rng = np.random.default_rng(0)
@@ -57,15 +57,26 @@ print(json.dumps(steps))
 """
 
 
-def measure(bundle: Path, precision: str, threads: int) -> dict[str, Any]:
-    manifest = json.loads((bundle / "manifest.json").read_text())
+def files_of(manifest: dict[str, Any], precision: str, engine: str = "ort-cpu") -> list[str]:
+    """The bundle files ``engine`` loads for ``precision`` (graphs and the embedding table)."""
+    if engine.startswith("ov-"):
+        from runtime.encoder.ov import PRECISIONS
+
+        plan = PRECISIONS[precision].files  # graph -> bundle precision whose file runs it
+        graphs = [manifest["precisions"][src]["graphs"][g]["file"] for g, src in plan.items()]
+        return [*graphs, manifest["precisions"][plan["text"]]["embeddings"]["file"]]
     entry = manifest["precisions"][precision]
-    files = [g["file"] for g in entry["graphs"].values()] + [entry["embeddings"]["file"]]
+    return [g["file"] for g in entry["graphs"].values()] + [entry["embeddings"]["file"]]
+
+
+def measure(bundle: Path, precision: str, threads: int, engine: str = "ort-cpu") -> dict[str, Any]:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    files = files_of(manifest, precision, engine)
     size_mb = sum((bundle / f).stat().st_size for f in files) / 2**20
-    code = CHILD.format(root=str(ROOT), bundle=str(bundle), precision=precision, threads=threads)
+    code = CHILD.format(root=str(ROOT), bundle=str(bundle), precision=precision, threads=threads, engine=engine)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if res.returncode != 0:
-        raise SystemExit(f"bench_rss: the {precision} child failed: {res.stderr.strip().splitlines()[-1]}")
+        raise SystemExit(f"bench_rss: the {engine} {precision} child failed: {res.stderr.strip().splitlines()[-1]}")
     steps = json.loads(res.stdout.strip().splitlines()[-1])
     # VmHWM only grows, so its value after a step is the peak of everything up to that step.
     peak_512, peak = steps["page_512"]["VmHWM"], steps["page_a4"]["VmHWM"]
@@ -77,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--precisions", default="fp32,fp16,int8")
-    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: one per core)")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core)")
+    ap.add_argument("--engine", default="ort-cpu", help="ort-cpu (default) or ov-cpu (precisions fp32,bf16,int8)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/rss.json"))
     a = ap.parse_args(argv)
     bundle = Path(a.bundle)
-    result = {p: measure(bundle, p, a.threads) for p in a.precisions.split(",")}
+    # ONNX Runtime's rows keep their plain precision names (the file's earlier schema).
+    prefix = "" if a.engine == "ort-cpu" else f"{a.engine}-"
+    result = {prefix + p: measure(bundle, p, a.threads, a.engine) for p in a.precisions.split(",")}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print("| precision | files MB | RSS after load | peak: query + 512² page | peak: + A4 page | RSS at end |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,9 @@ def test_benchmark_json_schema(tiny_bundle: Path, tmp_path: Path) -> None:
     # --bf16 on: the branch a bf16 CPU takes by itself runs on every CPU, so no class can surprise the suite.
     assert {"torch-eager-fp32", "torch-eager-bf16"} <= set(backends)
     assert {"ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8"} <= set(backends)
+    # OpenVINO beside ONNX Runtime in the same run (its bf16 row only where the CPU has bf16).
+    assert {"ov-cpu-fp32", "ov-cpu-int8"} <= set(backends) and {"ov-cpu-fp32", "ov-cpu-int8"} <= set(r["fidelity"])
+    assert r["fidelity"]["ov-cpu-fp32"]["pages"]["worst_cos"] > 0.9999
     for stages in backends.values():
         for page in ("512x512", "A4-150dpi"):
             for stage in ("vision", "merge", "text", "page_end_to_end"):
@@ -97,6 +101,26 @@ def test_rss_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
         assert list(steps) == ["start", "imported", "loaded", "query", "page_512", "page_a4"]
         assert r[p]["files_mb"] > 0 and r[p]["peak_rss_mb"] >= r[p]["peak_rss_mb_query_and_512"] > 0
         assert r[p]["ratio"] == r[p]["peak_rss_mb"] / r[p]["files_mb"]
+
+
+def test_rss_benchmark_of_openvino(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rss.json"
+    cmd = [sys.executable, "benchmarks/bench_rss.py", "--bundle", str(tiny_bundle), "--precisions", "fp32,int8",
+           "--engine", "ov-cpu", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "COLLFM2_OV_CACHE": str(tmp_path / "cache")}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+                         env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r) == {"ov-cpu-fp32", "ov-cpu-int8"}
+    # int8: the fp32 vision graph, the int8 text graph and its fp16 table.
+    assert r["ov-cpu-int8"]["files_mb"] < r["ov-cpu-fp32"]["files_mb"]
+
+
+def test_benchmark_refuses_an_unknown_page_size() -> None:
+    res = subprocess.run([sys.executable, "-m", "benchmarks", "--pages", "A3"], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert res.returncode == 2 and "unknown page size A3; choose from 512x512, A4-150dpi" in res.stderr
 
 
 def test_scale_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
