@@ -181,27 +181,27 @@ def ingest_while_searching(served: Served, pages: int, qs: list[str]) -> dict[st
             "search_p95_ms": _pct(lat, 0.95) * 1e3 if lat else None}  # fmt: skip
 
 
-def cold_cli(index: Path, q: str, runs: int) -> dict[str, float]:
+def cold_cli(index: Path, q: str, runs: int, engine: str) -> dict[str, float]:
     def once() -> None:
-        res = subprocess.run([sys.executable, "-m", "runtime", "search", "--index", str(index), "--json", q],
-                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        res = subprocess.run([sys.executable, "-m", "runtime", "search", "--index", str(index), "--engine", engine,
+                              "--json", q], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
         if res.returncode != 0:
             raise SystemExit(f"search failed: {res.stderr[-1000:]}")
 
     return timeit(once, warmup=1, runs=runs)
 
 
-def in_process(index: Path, qs: list[str]) -> dict[str, float]:
+def in_process(index: Path, qs: list[str], engine: str) -> dict[str, float]:
     from runtime import ColLFM2
     from runtime.stores.local.index import Index
 
     with Index.open(index) as idx:
-        model = ColLFM2.from_pretrained(idx.meta["bundle_path"], precision=idx.meta["precision"])
+        model = ColLFM2.from_pretrained(idx.meta["bundle_path"], precision=idx.meta["precision"], backend=engine)
         it = iter(qs * 2)
         return timeit(lambda: idx.search(list(model.embed_queries([next(it)])), k=10), warmup=1, runs=len(qs))
 
 
-def build_index(bundle: Path, precision: str | None, pages: int, root: Path) -> Path:
+def build_index(bundle: Path, precision: str | None, pages: int, root: Path, engine: str) -> Path:
     from export.demo import SAMPLE_PAGES, render_page
     from export.validate import synthetic_page
 
@@ -213,7 +213,8 @@ def build_index(bundle: Path, precision: str | None, pages: int, root: Path) -> 
         synthetic_page(700, 500, seed=i).save(folder / f"synthetic-{i:03d}.png")
     index = root / "idx"
     cmd = [sys.executable, "-m", "runtime", "index", "add", "--index", str(index), "--bundle", str(bundle),
-           "--no-progress", str(folder)] + (["--precision", precision] if precision else [])  # fmt: skip
+           "--no-progress", "--engine", engine, str(folder)]  # fmt: skip
+    cmd += ["--precision", precision] if precision else []
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode != 0:
         raise SystemExit(f"index add failed: {res.stderr[-2000:]}")
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--precision", help="default: the machine's default for the bundle")
+    ap.add_argument("--engine", help="default: the machine's default (runtime.encoder.defaults)")
     ap.add_argument("--pages", type=int, default=8, help="pages in the index (sample pages, then synthetic ones)")
     ap.add_argument("--requests", type=int, default=20, help="sequential warm requests, and per client")
     ap.add_argument("--cold-runs", type=int, default=3, help="CLI searches timed")
@@ -233,23 +235,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="serve")
     a = ap.parse_args(argv)
     from runtime.cpu import cpu_class, cpu_name
+    from runtime.encoder.defaults import engine_for
+
+    engine = a.engine or engine_for(a.precision)
 
     with tempfile.TemporaryDirectory(prefix="collfm2-serve-") as tmp:
-        index = build_index(a.bundle, a.precision, a.pages, Path(tmp))
+        index = build_index(a.bundle, a.precision, a.pages, Path(tmp), engine)
         meta = json.loads(subprocess.run([sys.executable, "-m", "runtime", "index", "info", "--index", str(index),
                                           "--json"], capture_output=True, text=True, cwd=ROOT).stdout)  # fmt: skip
         qs = queries(a.requests)
-        print(f"index: {meta['pages']} pages, {meta['precision']}", file=sys.stderr)
-        cold = cold_cli(index, qs[0], a.cold_runs)
-        local = in_process(index, qs)
-        served = Served(index, [])
+        print(f"index: {meta['pages']} pages, {meta['precision']}, engine {engine}", file=sys.stderr)
+        cold = cold_cli(index, qs[0], a.cold_runs, engine)
+        local = in_process(index, qs, engine)
+        served = Served(index, ["--engine", engine])
         try:
             warm = warm_http(served, qs)
             batched = [concurrent(served, c, a.requests) for c in a.clients]
             ingest = ingest_while_searching(served, a.ingest_pages, qs) if a.ingest_pages else None
         finally:
             served.close()
-        served = Served(index, ["--max-batch", "1"])
+        served = Served(index, ["--engine", engine, "--max-batch", "1"])
         try:
             single = [concurrent(served, c, a.requests) for c in a.clients]
         finally:
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "bundle": str(a.bundle),
         "precision": meta["precision"],
+        "engine": engine,
         "pages": meta["pages"],
         "random_weights": meta.get("bundle_random_weights") == "true",
         "cold_cli": cold,
@@ -287,7 +293,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         f"# Search service ({m['cpu']}, {m['cores']} cores, {m['cpu_class']})",
         "",
-        f"{r['pages']} pages, {r['precision']}, {'random' if r['random_weights'] else 'real'} weights; "
+        f"{r['pages']} pages, {r.get('engine', 'ort-cpu')} {r['precision']}, "
+        f"{'random' if r['random_weights'] else 'real'} weights; "
         "benchmarks/bench_serve.py, ratios within one run.",
         "",
         "| search | p50 ms | p95 ms |",

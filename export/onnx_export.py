@@ -44,6 +44,8 @@ class OnnxConfig:
     base: str | None = None
     opset: int = DEFAULT_OPSET
     force: bool = False
+    # Gate OpenVINO's precisions too (export.ov_gate) when it is installed and a reference is computed.
+    openvino: bool = True
 
     @property
     def is_preset(self) -> bool:
@@ -326,6 +328,14 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
             timings[p.value] = time.perf_counter() - t0
             if any(r.get("passed") is False for r in records.values()):
                 all_passed = False
+        openvino_gates: dict[str, Any] = {}
+        from .ov_gate import available, gate_openvino
+
+        if reference is not None and cfg.openvino and available():
+            t0 = time.perf_counter()
+            log("gating OpenVINO's precisions on the same grid ...")
+            openvino_gates = gate_openvino(tmp, precisions, reference, log)
+            timings["openvino"] = time.perf_counter() - t0
         from .validate import write_selftest_probe
 
         selftest = write_selftest_probe(model, processor, tmp / "selftest")
@@ -348,6 +358,7 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
                 "files": [f for f in files if "/" not in f],
             },
             "selftest": selftest,
+            **({"openvino": openvino_gates} if openvino_gates else {}),
             "versions": _versions(),
             "timings_s": timings,
             "files": {},

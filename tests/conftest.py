@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,11 @@ import pytest
 from export._compat import patch_torchvision
 
 patch_torchvision()
+
+# The default engine follows the CPU (runtime.encoder.defaults): pinned here, for this process and
+# every command the tests start, so no outcome depends on the machine. tests/test_defaults.py
+# runs the table itself with the CPU's features given.
+os.environ["COLLFM2_ENGINE"] = "ort-cpu"
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,9 @@ def test_precisions_are_resolved_or_refused_in_one_line() -> None:
     assert ov.resolve(CPU, None, ALL).name == "fp32"
     assert ov.resolve(CPU, "ov/int8", ALL).recorded == "ov/int8"
     assert ov.resolve(CPU, "fp32", ALL).recorded == "fp32"  # gated like ONNX Runtime's fp32: one index
-    assert ov.resolve(CPU, "bf16", ALL, features={"AVX512F", "AVX512BF16"}).hint == "bf16"
+    assert ov.resolve(CPU, "bf16", ALL, features={"AVX512F", "AVX512BF16"}).hint("text") == "bf16"
+    int8 = ov.resolve(CPU, "int8", ALL)
+    assert int8.hint("vision", {"AVX512BF16"}) == "bf16" and int8.hint("vision", {"AVX2"}) == "f32"
     with pytest.raises(UserError, match="no native bf16") as e:
         ov.resolve(CPU, "bf16", ALL, features={"AVX2", "AVX512F", "AVX512VNNI"})
     assert "\n" not in str(e.value)
@@ -130,7 +132,33 @@ def test_an_index_made_by_openvino_int8_says_which_engine_searches_it(tiny_bundl
     assert res.returncode == 0, res.stderr
     meta = json.loads(_run("index", "info", "--index", str(idx), "--json").stdout)
     assert "ov/int8" in json.dumps(meta), meta
-    res = _run("search", "--index", str(idx), "hello")
+    res = _run("search", "--index", str(idx), "--engine", "ort-cpu", "hello")
     assert res.returncode == 2 and "pass --engine ov-cpu" in res.stderr and "Traceback" not in res.stderr
-    res = _run("search", "--index", str(idx), "--engine", "ov-cpu", "--json", "hello", env=env)
-    assert res.returncode == 0, res.stderr
+    for engine in (["--engine", "ov-cpu"], []):  # without --engine, the recorded precision picks its maker
+        res = _run("search", "--index", str(idx), *engine, "--json", "hello", env=env)
+        assert res.returncode == 0 and len(json.loads(res.stdout)) == 2, res.stderr
+
+
+def test_the_export_gates_openvino_and_the_runtime_refuses_a_failed_precision(tiny_bundle: Path,
+                                                                               tmp_path: Path) -> None:  # fmt: skip
+    import shutil
+
+    from runtime.bundle.manifest import MANIFEST
+    from runtime.encoder.defaults import cpu_kind
+
+    gates = json.loads((tiny_bundle / MANIFEST).read_text())["openvino"]
+    assert {"fp32", "int8"} <= set(gates) and all(g["passed"] for g in gates.values()), gates
+    assert gates["fp32"]["measured_on"] == cpu_kind() and gates["int8"]["recorded_as"] == "ov/int8"
+    assert gates["int8"]["graphs"]["text"]["file"] == "int8/text.onnx"
+    assert gates["fp32"]["graphs"]["text"]["fidelity"]["worst_cos"] >= 0.99999
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    m = json.loads((b / MANIFEST).read_text())
+    m["openvino"]["int8"]["passed"] = False
+    m["openvino"]["int8"]["graphs"]["text"].update(passed=False, failures=["worst-token cosine 0.9 < 0.98"])
+    (b / MANIFEST).write_text(json.dumps(m))
+    res = _run("selftest", "--bundle", str(b), "--engine", "ov-cpu", "--precision", "int8")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "OpenVINO int8 failed its gate at export" in res.stderr and "text: worst-token cosine 0.9" in res.stderr
+    assert _run("selftest", "--bundle", str(b), "--engine", "ov-cpu", "--precision", "fp32").returncode == 0

@@ -52,7 +52,8 @@ def split_backends(args: argparse.Namespace) -> None:
     engine, store = getattr(args, "engine", None), getattr(args, "store", None)
     if (engine and engines and engine != engines[0]) or (store and stores and store != stores[0]):
         raise UserError("--backend disagrees with --engine/--store; give one of them")
-    args.engine = engine or (engines[0] if engines else "ort-cpu")
+    # None: the one table of defaults picks (runtime.encoder.defaults), or what an index recorded.
+    args.engine = engine or (engines[0] if engines else None)
     args.store = store or (stores[0] if stores else "local")
 
 

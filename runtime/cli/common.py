@@ -17,10 +17,15 @@ from ..stores.open import open_store, store_exists
 __all__ = ["check_compact", "existing_store", "exists", "load_model", "report_failure", "store", "store_with_model"]
 
 
-def load_model(bundle_dir: str, precision: str | None, threads: int | None, backend: str = "ort-cpu") -> Any:
-    """The model (with its processor, ``model.processor``), and the random-weights warning."""
+def load_model(bundle_dir: str, precision: str | None, threads: int | None, backend: str | None = None) -> Any:
+    """The model (with its processor, ``model.processor``), and the random-weights warning.
+
+    ``backend`` None: the engine that made ``precision`` (as an index records it), else this
+    machine's default (``runtime.encoder.defaults``)."""
+    from ..encoder.defaults import engine_for
     from ..encoder.model import ColLFM2
 
+    backend = backend or engine_for(precision)
     model = ColLFM2.from_pretrained(bundle_dir, precision=precision, threads=threads, backend=backend)
     if model.bundle.random_weights:
         print("[runtime] WARNING: this bundle has RANDOM WEIGHTS; its rankings are meaningless", file=sys.stderr)

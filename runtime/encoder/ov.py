@@ -35,6 +35,7 @@ import numpy as np
 from ..cpu import cpu_features
 from ..errors import ModelFilesError, UserError
 from ..parity import FP32_GATE, REDUCED_GATE, Gate
+from .defaults import choose
 from .runner import Engine, Loaded
 
 __all__ = ["PRECISIONS", "OvPrecision", "OvRunner", "cache_dir", "load", "native_bf16", "offered", "resolve"]
@@ -47,22 +48,28 @@ DEVICES = {"ov-cpu": "CPU", "ov-gpu": "GPU", "ov-npu": "NPU"}
 class OvPrecision:
     name: str
     files: dict[str, str]  # graph -> the bundle precision whose file runs it
-    hint: str  # OpenVINO's INFERENCE_PRECISION_HINT
+    hints: dict[str, str]  # graph -> OpenVINO's INFERENCE_PRECISION_HINT; "bf16?": bf16 where native, else f32
     recorded: str  # what an index records
     gate: Gate
     needs_bf16: bool = False
     cpu: bool = True  # offered on ov-cpu
+
+    def hint(self, graph: str, features: set[str] | None = None) -> str:
+        hint = self.hints[graph]
+        return hint if hint != "bf16?" else ("bf16" if native_bf16(features) else "f32")
 
 
 _FP32 = {"vision": "fp32", "text": "fp32"}
 PRECISIONS: dict[str, OvPrecision] = {
     p.name: p
     for p in (
-        OvPrecision("fp32", _FP32, "f32", "fp32", FP32_GATE),
-        OvPrecision("bf16", _FP32, "bf16", "ov/bf16", REDUCED_GATE, needs_bf16=True),
-        OvPrecision("int8", {"vision": "fp32", "text": "int8"}, "f32", "ov/int8", REDUCED_GATE),
+        OvPrecision("fp32", _FP32, {"vision": "f32", "text": "f32"}, "fp32", FP32_GATE),
+        OvPrecision("bf16", _FP32, {"vision": "bf16", "text": "bf16"}, "ov/bf16", REDUCED_GATE, needs_bf16=True),
+        OvPrecision(
+            "int8", {"vision": "fp32", "text": "int8"}, {"vision": "bf16?", "text": "f32"}, "ov/int8", REDUCED_GATE
+        ),
         # GPUs and NPUs compute in fp16; the x86 CPUs we target do not (AVX512_FP16 aside).
-        OvPrecision("fp16", _FP32, "f16", "ov/fp16", REDUCED_GATE, cpu=False),
+        OvPrecision("fp16", _FP32, {"vision": "f16", "text": "f16"}, "ov/fp16", REDUCED_GATE, cpu=False),
     )
 }
 
@@ -90,8 +97,11 @@ def resolve(engine: Engine, precision: str | None, bundle_precisions: Sequence[s
             features: set[str] | None = None) -> OvPrecision:  # fmt: skip
     """The OpenVINO precision ``precision`` names (``fp32``, ``bf16``, ``int8``, or ``ov/<name>`` as an
     index records it; None: the engine's default), refused with one line where it cannot run."""
-    if precision is None:
-        precision = "fp32" if engine.device == "cpu" else "fp16"
+    if precision is None and engine.device == "cpu":
+        _, row = choose(features)  # the table's precision where it picked this engine
+        precision = row.precision if row.engine == engine.name and row.precision else "fp32"
+    elif precision is None:
+        precision = "fp16"
     name = precision[3:] if precision.startswith("ov/") else precision
     chosen = PRECISIONS.get(name)
     if chosen is None:
@@ -147,7 +157,7 @@ def _import_openvino() -> Any:
     return openvino
 
 
-def compile_graph(path: Path, device: str, hint: str, threads: int | None) -> Any:
+def compile_graph(path: Path, device: str, hint: str, threads: int | None, cache: bool = True) -> Any:
     """``path`` compiled for ``device`` with inference hint ``hint``, through the compile cache."""
     ov = _import_openvino()
     core = ov.Core()
@@ -156,11 +166,11 @@ def compile_graph(path: Path, device: str, hint: str, threads: int | None) -> An
         config["NUM_STREAMS"] = 1
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-    cache = cache_dir()
-    if cache is not None:
+    folder = cache_dir() if cache else None
+    if folder is not None:
         try:
-            cache.mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(cache)
+            folder.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(folder)
         except OSError:  # a read-only home: compile each time, as without a cache
             pass
     try:
@@ -176,13 +186,20 @@ def load(
     """Runners for ``precision`` (see ``PRECISIONS``); graph files are checked against the manifest."""
     chosen = resolve(engine, precision, bundle.precisions)
     _import_openvino()
+    gated = (bundle.manifest.get("openvino") or {}).get(chosen.name)
+    if isinstance(gated, dict) and gated.get("passed") is False:
+        why = "; ".join(f"{g}: {', '.join(r.get('failures') or [])}" for g, r in (gated.get("graphs") or {}).items()
+                        if isinstance(r, dict) and not r.get("passed"))  # fmt: skip
+        raise ModelFilesError(f"{bundle.path}: OpenVINO {chosen.name} failed its gate at export on "
+                              f"{gated.get('measured_on', '?')} ({why}); use --precision fp32, or check this machine "
+                              f"with python -m runtime selftest --engine {engine.name}")  # fmt: skip
     device = DEVICES[engine.name]
     runners: dict[str, Any] = {}
     graphs: dict[str, Any] = {}
     for graph, source in chosen.files.items():
         spec = dict(bundle.precision(source)["graphs"][graph])
         bundle.verify_files([spec["file"]])
-        runners[graph] = OvRunner(compile_graph(bundle.file(spec["file"]), device, chosen.hint, threads))
+        runners[graph] = OvRunner(compile_graph(bundle.file(spec["file"]), device, chosen.hint(graph), threads))
         graphs[graph] = spec
     # The text graph's own embedding table goes with it.
     text_entry = bundle.precision(chosen.files["text"])

@@ -20,6 +20,7 @@ from ..bundle.manifest import open_bundle
 from ..cpu import cpu_class
 from ..errors import ModelFilesError
 from ..parity import Gate, fidelity_report
+from .defaults import choose, engine_for
 from .runner import engine
 
 __all__ = ["selftest"]
@@ -28,17 +29,20 @@ __all__ = ["selftest"]
 def selftest(
     bundle_dir: str | os.PathLike,
     precisions: list[str] | None = None,
-    backend: str = "ort-cpu",
+    backend: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the bundle's probe in each of ``precisions`` (default: all it has) on ``backend``.
 
-    Returns ``{"cpu_class", "machine", "backend", "results": {precision: report}, "passed"}``
+    ``backend`` None: this machine's default engine. Returns ``{"cpu_class", "machine", "backend",
+    "default", "results": {precision: report}, "passed"}``
     where each report is ``parity.fidelity_report``'s (pages, queries, MaxSim, failures).
     """
     from ..preprocess.processor import ColLFM2Processor
     from .model import ColLFM2
 
+    kind, row = choose()
+    backend = backend or engine_for(None)
     bundle = open_bundle(Path(bundle_dir), verify=False)
     probe = bundle.manifest.get("selftest")
     if not isinstance(probe, dict) or not probe.get("pages") or not probe.get("reference"):
@@ -64,6 +68,14 @@ def selftest(
         "cpu_class": cpu_class(),
         "machine": platform.machine(),
         "backend": backend,
+        # What this machine runs when the user names no engine and no precision, and why.
+        "default": {
+            "cpu_kind": kind,
+            "engine": row.engine,
+            "precision": row.precision,
+            "why": row.why,
+            "measured": row.measured,
+        },
         "results": results,
         "passed": all(r["passed"] for r in results.values()),
     }
@@ -80,4 +92,9 @@ def format_report(report: dict[str, Any]) -> list[str]:
             f" | MaxSim rel. error {r['maxsim_rel_error']:.1e} | {verdict}"
         )
     lines.append("all precisions pass their gates" if report["passed"] else "SOME PRECISIONS FAIL THEIR GATES")
+    d = report.get("default")
+    if d:
+        where = f"; measured: {d['measured']}" if d["measured"] else ""
+        precision = f" --precision {d['precision']}" if d["precision"] else ""
+        lines.append(f"default on this CPU ({d['cpu_kind']}): --engine {d['engine']}{precision} ({d['why']}{where})")
     return lines

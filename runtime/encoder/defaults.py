@@ -1,0 +1,88 @@
+"""The one table of defaults: which (engine, precision) a CPU runs when the user names neither.
+
+Each row is chosen by a measurement (``measured`` names the benchmark result, run on that kind of
+CPU, eager fp32 and every engine side by side) or says it was not measured. The rule for every
+row: never default to an (engine, precision) slower than fp32 on that kind of CPU.
+
+``python -m runtime selftest`` prints the row this machine takes and why. ``COLLFM2_ENGINE``
+overrides the table's engine (the test suite pins ``ort-cpu``, so no test's outcome depends on
+the CPU it runs on); ``--engine`` and ``--precision`` override both.
+
+A precision an index records decides the engine when none is given: ``ov/...`` was made by
+OpenVINO, ``trt/...`` by TensorRT, ``int8``/``fp16``/``int8-qdq`` by ONNX Runtime; ``fp32`` is
+the same vectors (gated at worst cosine 0.99999) whichever engine runs it, so the table picks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+from ..cpu import cpu_class, cpu_features
+
+__all__ = ["TABLE", "Default", "choose", "cpu_kind", "engine_for"]
+
+
+@dataclass(frozen=True)
+class Default:
+    engine: str
+    precision: str | None  # None: the engine's own rule (ONNX Runtime: ``model.default_precision``)
+    measured: str  # the benchmark result that chose this row; "" where none was run
+    why: str
+
+
+_ORT_RULE = "ONNX Runtime's own rule (int8 where the bundle's int8 graphs are all dynamic int8, else fp32)"
+ENGINES_RUN = "benchmarks/results/engines-epyc-bf16-2cpu.json"
+
+TABLE: dict[str, Default] = {
+    # AMD EPYC (Zen 4) with AVX512_BF16, 2 cores: OpenVINO bf16 is the fastest gated precision for
+    # pages and queries; its int8 (weight-only text) is slower than its bf16 here.
+    "x86_64-avx512vnni+bf16": Default(
+        "ov-cpu", "bf16", ENGINES_RUN, "OpenVINO bf16: the fastest gated precision for pages and queries in the run"
+    ),
+    "x86_64-avx512vnni": Default("ort-cpu", None, "", "not measured with OpenVINO on this class; " + _ORT_RULE),
+    "x86_64-avx2": Default("ort-cpu", None, "", "not measured with OpenVINO on this class; " + _ORT_RULE),
+    "x86_64-sse": Default("ort-cpu", None, "", _ORT_RULE),
+    # Speed cannot be measured under emulation; ONNX Runtime int8 stays (README, Raspberry Pi).
+    "aarch64-dotprod": Default("ort-cpu", None, "", "speed unmeasured on aarch64 (emulation only); " + _ORT_RULE),
+    "aarch64": Default("ort-cpu", None, "", "speed unmeasured on aarch64 (emulation only); " + _ORT_RULE),
+}
+FALLBACK = Default("ort-cpu", None, "", "a CPU the table does not know; " + _ORT_RULE)
+
+
+def cpu_kind(features: set[str] | None = None, machine: str | None = None) -> str:
+    """``cpu_class`` plus ``+bf16`` where the CPU computes bf16 natively (a row of ``TABLE``)."""
+    feats = cpu_features() if features is None else features
+    kind = cpu_class(machine, feats)
+    return kind + "+bf16" if "AVX512BF16" in feats else kind
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def choose(features: set[str] | None = None, machine: str | None = None) -> tuple[str, Default]:
+    """This machine's row of ``TABLE`` (its kind, the row), after ``COLLFM2_ENGINE`` and what is installed."""
+    kind = cpu_kind(features, machine)
+    row = TABLE.get(kind, FALLBACK)
+    forced = os.environ.get("COLLFM2_ENGINE", "").strip()
+    if forced and forced != row.engine:
+        row = Default(forced, None, "", f"COLLFM2_ENGINE={forced} overrides the table")
+    elif row.engine.startswith("ov-") and not _installed("openvino"):
+        row = Default("ort-cpu", None, "", f"the table's {row.engine} needs openvino, not installed; " + _ORT_RULE)
+    return kind, row
+
+
+def engine_for(precision: str | None, features: set[str] | None = None) -> str:
+    """The engine to run ``precision`` (None: this machine's default) when the user names none."""
+    if precision and precision.startswith("ov/"):
+        return "ov-cpu"
+    if precision and precision.startswith("trt/"):
+        return "trt"
+    _, row = choose(features)
+    if precision in (None, "fp32"):
+        return row.engine
+    if precision == "bf16":
+        return "ov-cpu"  # only OpenVINO offers it
+    return "ort-cpu"  # the bundle's own int8, fp16, int8-qdq graphs

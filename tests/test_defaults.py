@@ -1,0 +1,90 @@
+"""The one table of defaults: which (engine, precision) a CPU runs when the user names neither."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.encoder import defaults, ov
+from runtime.encoder.runner import ENGINES
+
+BF16 = {"AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16"}
+VNNI = {"AVX2", "AVX512F", "AVX512VNNI"}
+AVX2 = {"AVX2", "FMA3"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table itself, without the suite's pinned engine."""
+    monkeypatch.delenv("COLLFM2_ENGINE", raising=False)
+
+
+def test_every_row_names_a_real_engine_and_cites_a_run_or_says_none(table: None) -> None:
+    for kind, row in defaults.TABLE.items():
+        assert row.engine in ENGINES and row.why, kind
+        if row.measured:
+            assert (ROOT / row.measured).is_file(), f"{kind} cites {row.measured}, which is not committed"
+        if row.engine.startswith("ov-") and row.precision:
+            assert row.precision in ov.PRECISIONS
+
+
+def test_the_cpu_kind_picks_the_row(table: None) -> None:
+    assert defaults.cpu_kind(BF16, "x86_64") == "x86_64-avx512vnni+bf16"
+    assert defaults.cpu_kind(AVX2, "x86_64") == "x86_64-avx2"
+    assert defaults.choose(BF16, "x86_64")[1] == defaults.TABLE["x86_64-avx512vnni+bf16"]
+    assert defaults.choose(AVX2, "x86_64")[1].engine == "ort-cpu"
+    assert defaults.choose({"ASIMD", "ASIMDDP"}, "aarch64")[1].engine == "ort-cpu"  # unmeasured: ORT stays
+    assert defaults.choose(set(), "riscv64")[1] == defaults.FALLBACK
+
+
+def test_the_override_and_a_missing_openvino(table: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLLFM2_ENGINE", "ort-cpu")
+    row = defaults.choose(BF16, "x86_64")[1]
+    assert row.engine == "ort-cpu" and "COLLFM2_ENGINE" in row.why
+    monkeypatch.delenv("COLLFM2_ENGINE")
+    monkeypatch.setattr(defaults, "_installed", lambda module: False)
+    row = defaults.choose(BF16, "x86_64")[1]
+    if defaults.TABLE["x86_64-avx512vnni+bf16"].engine.startswith("ov-"):
+        assert row.engine == "ort-cpu" and "openvino, not installed" in row.why
+
+
+def test_a_recorded_precision_picks_its_engine(table: None) -> None:
+    assert defaults.engine_for("ov/int8", AVX2) == "ov-cpu"
+    assert defaults.engine_for("trt/orin-fp16@abc", AVX2) == "trt"
+    assert defaults.engine_for("int8", BF16) == defaults.engine_for("fp16", BF16) == "ort-cpu"
+    assert defaults.engine_for("bf16", AVX2) == "ov-cpu"  # refused there by the engine, in one line
+    assert defaults.engine_for(None, BF16) == defaults.engine_for("fp32", BF16) == defaults.TABLE[
+        "x86_64-avx512vnni+bf16"].engine  # fmt: skip
+    assert defaults.engine_for(None, AVX2) == "ort-cpu"
+
+
+def test_openvino_takes_the_tables_precision_only_where_the_table_chose_it(table: None, monkeypatch) -> None:
+    row = defaults.TABLE["x86_64-avx512vnni+bf16"]
+    want = row.precision if row.engine == "ov-cpu" and row.precision else "fp32"
+    assert ov.resolve(ENGINES["ov-cpu"], None, ["fp32", "int8"], features=BF16).name == want
+    assert ov.resolve(ENGINES["ov-cpu"], None, ["fp32", "int8"], features=AVX2).name == "fp32"
+    monkeypatch.setenv("COLLFM2_ENGINE", "ort-cpu")
+    assert ov.resolve(ENGINES["ov-cpu"], None, ["fp32", "int8"], features=BF16).name == "fp32"
+
+
+def test_selftest_says_what_this_machine_would_run(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLLFM2_ENGINE")  # the table's own row, here and in the command
+    env = dict(os.environ)
+    res = subprocess.run([sys.executable, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--json",
+                          "--precision", "fp32"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    kind, row = defaults.choose()
+    assert report["default"] == {"cpu_kind": kind, "engine": row.engine, "precision": row.precision,
+                                 "why": row.why, "measured": row.measured}  # fmt: skip
+    assert report["backend"] == row.engine  # no --engine: the table's
+    env["COLLFM2_ENGINE"] = "ort-cpu"
+    text = subprocess.run([sys.executable, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--precision",
+                           "fp32"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert f"default on this CPU ({kind}): --engine ort-cpu (COLLFM2_ENGINE=ort-cpu overrides" in text.stdout
