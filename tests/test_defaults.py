@@ -88,3 +88,15 @@ def test_selftest_says_what_this_machine_would_run(tiny_bundle: Path, monkeypatc
     text = subprocess.run([sys.executable, "-m", "runtime", "selftest", "--bundle", str(tiny_bundle), "--precision",
                            "fp32"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert f"default on this CPU ({kind}): --engine ort-cpu (COLLFM2_ENGINE=ort-cpu overrides" in text.stdout
+
+
+def test_a_precision_slower_than_fp32_is_named_when_asked_for() -> None:
+    wo, dyn = ["dynamic-int8", "weight-only-int8"], ["dynamic-int8", "dynamic-int8"]
+    note = defaults.slower_than_fp32("ort-cpu", "int8", wo, machine="x86_64")
+    assert note and "weight-only" in note and "--precision fp32" in note and "\n" not in note
+    assert defaults.slower_than_fp32("ort-cpu", "int8", wo, machine="aarch64") is None  # int8 reads 1/4 the weights
+    assert defaults.slower_than_fp32("ort-cpu", "int8", dyn, machine="x86_64") is None
+    assert "slower than fp32" in defaults.slower_than_fp32("ort-cpu", "fp16", [], machine="x86_64")
+    assert defaults.slower_than_fp32("ov-cpu", "ov/int8", wo, machine="x86_64") is None
+    for row in defaults.TABLE.values():  # the table never defaults to one of them
+        assert row.precision is None or defaults.slower_than_fp32(row.engine, row.precision, wo, "x86_64") is None

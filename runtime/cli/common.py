@@ -22,11 +22,14 @@ def load_model(bundle_dir: str, precision: str | None, threads: int | None, back
 
     ``backend`` None: the engine that made ``precision`` (as an index records it), else this
     machine's default (``runtime.encoder.defaults``)."""
-    from ..encoder.defaults import engine_for
+    from ..encoder.defaults import engine_for, slower_than_fp32
     from ..encoder.model import ColLFM2
 
     backend = backend or engine_for(precision)
     model = ColLFM2.from_pretrained(bundle_dir, precision=precision, threads=threads, backend=backend)
+    slow = slower_than_fp32(backend, model.precision, model.bundle.methods("int8")) if precision else None
+    if slow:  # asked for by name: say so once, and run it
+        print(f"[runtime] note: {backend} {model.precision}: {slow}", file=sys.stderr)
     if model.bundle.random_weights:
         print("[runtime] WARNING: this bundle has RANDOM WEIGHTS; its rankings are meaningless", file=sys.stderr)
     return model

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..cpu import cpu_class, cpu_features
 
-__all__ = ["TABLE", "Default", "choose", "cpu_kind", "engine_for"]
+__all__ = ["TABLE", "Default", "choose", "cpu_kind", "engine_for", "slower_than_fp32"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,19 @@ def engine_for(precision: str | None, features: set[str] | None = None) -> str:
     if precision == "bf16":
         return "ov-cpu"  # only OpenVINO offers it
     return "ort-cpu"  # the bundle's own int8, fp16, int8-qdq graphs
+
+
+def slower_than_fp32(engine: str, precision: str, int8_methods: list[str], machine: str | None = None) -> str | None:
+    """Why ``precision`` on ``engine`` is slower than fp32 on this kind of CPU (a one-line warning
+    for a user who asked for it), or None. Each case was measured; the table never defaults to one."""
+    import platform
+
+    x86 = (machine or platform.machine()).lower() in ("x86_64", "amd64")
+    if engine == "ort-cpu" and precision == "int8" and x86 and "weight-only-int8" in int8_methods:
+        return (
+            "this bundle's int8 text graph is weight-only (MatMulNBits), which ONNX Runtime runs slower than fp32 "
+            "on x86 (a 20-token query 3.2x slower here, " + ENGINES_RUN + "); --precision fp32 is faster"
+        )
+    if engine == "ort-cpu" and precision == "fp16":
+        return "ONNX Runtime computes fp16 graphs on a CPU with casts, slower than fp32 (about 4x on a Pi 5)"
+    return None
