@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
         "PyTorch; trt: check every engine against ONNX Runtime fp32 and refuse one that fails",
     )
     ox.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 18 (default {DEFAULT_OPSET})")
+    ox.add_argument("--no-openvino-gate", action="store_true",
+                    help="onnx: skip gating OpenVINO's precisions (done when it is installed; ~1 min)")  # fmt: skip
     tr = p.add_argument_group("--target trt")
     tr.add_argument("--bundle", help="ONNX bundle to build engines from (engines go to BUNDLE/trt/PROFILE-PRECISION/)")
     tr.add_argument("--profile", choices=sorted(DEVICE_PROFILES), default="orin-nano", help="device profile")
@@ -124,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportConfig | OnnxConfig
             p.error(str(exc))
         if a.opset < 18:
             p.error("--opset must be >= 18 (LayerNormalization and the exporter's decompositions need it)")
-        return OnnxConfig(a.model, a.out, precisions, a.validate, a.base, a.opset, a.force), a.dry_run
+        return OnnxConfig(a.model, a.out, precisions, a.validate, a.base, a.opset, a.force,
+                          openvino=not a.no_openvino_gate), a.dry_run  # fmt: skip
     cfg = ExportConfig(a.target, a.model, a.out, a.base, a.vision_keys, not a.no_thumbnail, a.force)
     return cfg, a.dry_run
 

@@ -53,8 +53,11 @@ class OnnxConfig:
 
     @property
     def needs_reference(self) -> bool:
-        """The int8 gate needs reference outputs even without --validate."""
-        return self.validate or any(len(RECIPES[p].methods) > 1 for p in self.precisions)
+        """The int8 gate and OpenVINO's gate need reference outputs even without --validate."""
+        from .ov_gate import available
+
+        return (self.validate or any(len(RECIPES[p].methods) > 1 for p in self.precisions)
+                or (self.openvino and available()))  # fmt: skip
 
 
 def plan(cfg: OnnxConfig) -> list[str]:
@@ -68,6 +71,10 @@ def plan(cfg: OnnxConfig) -> list[str]:
         methods = " -> ".join(r.methods)
         gate = f"gate {r.gate}" if len(r.methods) > 1 else ""
         steps.append(f"{p.value:<9} {methods} (table {r.embeddings_dtype}; for {r.target}) {gate}".rstrip())
+    from .ov_gate import available
+
+    if cfg.openvino and available():
+        steps.append("openvino  gate each precision OpenVINO offers on this CPU on the same grid (--no-openvino-gate)")
     if cfg.validate:
         steps.append("validate  every graph and the whole ORT pipeline against the reference")
     steps.append(f"package   {cfg.out} (manifest.json with sha256 of every file; atomic rename)")

@@ -102,6 +102,18 @@ def test_onnx_export_cli_fp32(tmp_path: Path) -> None:
     assert res.returncode == 2 and "already exists; pass --force" in res.stderr
 
 
+def test_an_fp32_export_gates_openvino_unless_told_not_to(tmp_path: Path) -> None:
+    """fp32 alone needs no reference for ONNX Runtime; OpenVINO's precisions (bf16 where native) still get one."""
+    for flags, gated in (([], True), (["--no-openvino-gate"], False)):
+        out = tmp_path / f"b{int(gated)}"
+        res = _run("export", "--target", "onnx", "--model", "tiny", "--out", str(out), "--precision", "fp32", *flags)
+        assert res.returncode == 0, res.stderr[-2000:]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert ("openvino" in manifest) is gated and ("openvino fp32/text" in res.stdout) is gated
+        if gated:
+            assert manifest["openvino"]["fp32"]["passed"] and "int8" not in manifest["openvino"]  # no int8 graphs
+
+
 def test_interrupted_export_leaves_no_bundle(tmp_path: Path, monkeypatch) -> None:
     """A failure (or Ctrl-C) mid-export leaves neither --out nor a temp dir; an old bundle survives."""
     from export import onnx_export
