@@ -9,13 +9,14 @@ a choice of graph file and inference hint per graph (``PRECISIONS``):
   can search it.
 - ``bf16``: the fp32 graphs with the bf16 hint, only where the CPU computes bf16 natively; an
   emulated bf16 is slower than fp32, so it is refused elsewhere.
-- ``int8``: the text graph of the bundle's ``int8`` precision (int8 weights, activations
-  quantised per call, ``MatMulInteger``), whose integers OpenVINO computes as ONNX Runtime does,
-  and the fp32 vision graph: OpenVINO runs the int8 vision graph slower than fp32 (0.42x ONNX
-  Runtime's fp32, issue 25's table).
+- ``int8``: the text graph of the bundle's ``int8`` precision (int8 weights: ``MatMulInteger``,
+  whose integers OpenVINO computes as ONNX Runtime does, or the weight-only ``MatMulNBits``, whose
+  activations OpenVINO quantises per group of 32) and the fp32 vision graph, in bf16 where the CPU
+  has it natively: OpenVINO runs the dynamic-int8 vision graph at 0.42x ONNX Runtime's fp32.
 
 ``bf16`` and ``int8`` vectors differ from ONNX Runtime's, so an index records them as
-``ov/bf16`` and ``ov/int8``; they are judged by the reduced-precision gate (``selftest``).
+``ov/bf16`` and ``ov/int8``; they are judged by the reduced-precision gate (at export,
+``export.ov_gate``; on the device, ``selftest``).
 
 Compiled graphs are cached (``COLLFM2_OV_CACHE``, default ``~/.cache/collfm2-edge/openvino``;
 empty to turn it off), so the second start skips compilation.
