@@ -62,9 +62,7 @@ def files_of(manifest: dict[str, Any], precision: str, engine: str = "ort-cpu") 
     if engine.startswith("ov-"):
         from runtime.encoder.ov import PRECISIONS
 
-        plan = PRECISIONS[precision].files  # graph -> bundle precision whose file runs it
-        graphs = [manifest["precisions"][src]["graphs"][g]["file"] for g, src in plan.items()]
-        return [*graphs, manifest["precisions"][plan["text"]]["embeddings"]["file"]]
+        return PRECISIONS[precision].bundle_files(manifest["precisions"])
     entry = manifest["precisions"][precision]
     return [g["file"] for g in entry["graphs"].values()] + [entry["embeddings"]["file"]]
 

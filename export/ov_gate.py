@@ -11,18 +11,15 @@ are left unmeasured, not failed.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.encoder.defaults import openvino_installed as available
+
 __all__ = ["available", "gate_openvino"]
-
-
-def available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
 
 
 class _AsSession:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import platform
 
-__all__ = ["CPU_CLASSES", "cpu_class", "cpu_features", "cpu_host", "cpu_name"]
+__all__ = ["CPU_CLASSES", "cpu_class", "cpu_features", "cpu_host", "cpu_name", "native_bf16"]
 
 CPU_CLASSES = {
     "x86_64-avx512vnni": "x86 with AVX-512 VNNI (int8 dot products into int32)",
@@ -54,6 +54,12 @@ def cpu_class(machine: str | None = None, features: set[str] | None = None) -> s
     return machine
 
 
+def native_bf16(features: set[str] | None = None) -> bool:
+    """True where the CPU computes bf16 in hardware. numpy names no AMX flag; every CPU with
+    AMX-BF16 also has AVX512_BF16."""
+    return "AVX512BF16" in (cpu_features() if features is None else features)
+
+
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s ``model name``; the platform's guess elsewhere).
 
@@ -78,7 +84,6 @@ def cpu_host(features: set[str] | None = None) -> dict[str, object]:
         "cpu_class": cpu_class(features=feats),
         "machine": platform.machine(),
         "avx512": "AVX512F" in feats,
-        # numpy names no AMX flag; every CPU with AMX-BF16 also has AVX512_BF16.
-        "bf16": "AVX512BF16" in feats,
+        "bf16": native_bf16(feats),
         "int8_dot": bool({"AVX512VNNI", "AVXVNNI", "ASIMDDP"} & feats),
     }

@@ -48,7 +48,7 @@ def test_the_override_and_a_missing_openvino(table: None, monkeypatch: pytest.Mo
     row = defaults.choose(BF16, "x86_64")[1]
     assert row.engine == "ort-cpu" and "COLLFM2_ENGINE" in row.why
     monkeypatch.delenv("COLLFM2_ENGINE")
-    monkeypatch.setattr(defaults, "_installed", lambda module: False)
+    monkeypatch.setattr(defaults, "openvino_installed", lambda: False)
     row = defaults.choose(BF16, "x86_64")[1]
     if defaults.TABLE["x86_64-avx512vnni+bf16"].engine.startswith("ov-"):
         assert row.engine == "ort-cpu" and "openvino, not installed" in row.why

@@ -19,9 +19,10 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from ..cpu import cpu_class, cpu_features
+from ..cpu import cpu_class, cpu_features, native_bf16
+from .runner import RECORDED_BY
 
-__all__ = ["TABLE", "Default", "choose", "cpu_kind", "engine_for", "slower_than_fp32"]
+__all__ = ["TABLE", "Default", "choose", "cpu_kind", "engine_for", "openvino_installed", "slower_than_fp32"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,11 @@ def cpu_kind(features: set[str] | None = None, machine: str | None = None) -> st
     """``cpu_class`` plus ``+bf16`` where the CPU computes bf16 natively (a row of ``TABLE``)."""
     feats = cpu_features() if features is None else features
     kind = cpu_class(machine, feats)
-    return kind + "+bf16" if "AVX512BF16" in feats else kind
+    return kind + "+bf16" if native_bf16(feats) else kind
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def choose(features: set[str] | None = None, machine: str | None = None) -> tuple[str, Default]:
@@ -75,20 +76,18 @@ def choose(features: set[str] | None = None, machine: str | None = None) -> tupl
     forced = os.environ.get("COLLFM2_ENGINE", "").strip()
     if forced and forced != row.engine:
         row = Default(forced, None, "", f"COLLFM2_ENGINE={forced} overrides the table")
-    elif row.engine.startswith("ov-") and not _installed("openvino"):
+    elif row.engine.startswith("ov-") and not openvino_installed():
         row = Default("ort-cpu", None, "", f"the table's {row.engine} needs openvino, not installed; " + _ORT_RULE)
     return kind, row
 
 
 def engine_for(precision: str | None, features: set[str] | None = None) -> str:
     """The engine to run ``precision`` (None: this machine's default) when the user names none."""
-    if precision and precision.startswith("ov/"):
-        return "ov-cpu"
-    if precision and precision.startswith("trt/"):
-        return "trt"
-    _, row = choose(features)
+    for prefix, makers in RECORDED_BY.items():
+        if precision and precision.startswith(prefix):
+            return makers[0]
     if precision in (None, "fp32"):
-        return row.engine
+        return choose(features)[1].engine
     if precision == "bf16":
         return "ov-cpu"  # only OpenVINO offers it
     return "ort-cpu"  # the bundle's own int8, fp16, int8-qdq graphs

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cpu import cpu_features
+from ..cpu import native_bf16 as cpu_native_bf16
 from ..errors import ModelFilesError, UserError
 from ..parity import FP32_GATE, REDUCED_GATE, Gate
 from .defaults import choose
@@ -54,6 +54,12 @@ class OvPrecision:
     gate: Gate
     needs_bf16: bool = False
     cpu: bool = True  # offered on ov-cpu
+
+    def bundle_files(self, precisions: dict[str, Any]) -> list[str]:
+        """The bundle files it loads, from the manifest's ``precisions``: each graph's file and the
+        text graph's embedding table."""
+        graphs = [precisions[src]["graphs"][graph]["file"] for graph, src in self.files.items()]
+        return [*graphs, precisions[self.files["text"]]["embeddings"]["file"]]
 
     def hint(self, graph: str, features: set[str] | None = None) -> str:
         hint = self.hints[graph]
@@ -80,10 +86,7 @@ def native_bf16(features: set[str] | None = None) -> bool:
 
     ``COLLFM2_OV_FORCE_BF16=1`` lets the tests run the bf16 path on any CPU (OpenVINO then
     computes what it can; the gate still judges the result)."""
-    if os.environ.get("COLLFM2_OV_FORCE_BF16") == "1":
-        return True
-    feats = cpu_features() if features is None else features
-    return "AVX512BF16" in feats
+    return os.environ.get("COLLFM2_OV_FORCE_BF16") == "1" or cpu_native_bf16(features)
 
 
 def cache_dir() -> Path | None:
@@ -194,16 +197,15 @@ def load(
         raise ModelFilesError(f"{bundle.path}: OpenVINO {chosen.name} failed its gate at export on "
                               f"{gated.get('measured_on', '?')} ({why}); use --precision fp32, or check this machine "
                               f"with python -m runtime selftest --engine {engine.name}")  # fmt: skip
+    bundle.verify_files(chosen.bundle_files(bundle.manifest["precisions"]))
     device = DEVICES[engine.name]
     runners: dict[str, Any] = {}
     graphs: dict[str, Any] = {}
     for graph, source in chosen.files.items():
         spec = dict(bundle.precision(source)["graphs"][graph])
-        bundle.verify_files([spec["file"]])
         runners[graph] = OvRunner(compile_graph(bundle.file(spec["file"]), device, chosen.hint(graph), threads))
         graphs[graph] = spec
     # The text graph's own embedding table goes with it.
     text_entry = bundle.precision(chosen.files["text"])
-    bundle.verify_files([text_entry["embeddings"]["file"]])
     entry = {**text_entry, "graphs": graphs, "gate": asdict(chosen.gate), "session_config": {}}
     return Loaded(runners, chosen.recorded, entry)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["ENGINES", "Engine", "Loaded", "Runner", "check_recorded", "engine"]
+__all__ = ["ENGINES", "RECORDED_BY", "Engine", "Loaded", "Runner", "check_recorded", "engine"]
 
 
 class Runner(Protocol):
@@ -69,12 +69,12 @@ ENGINES: dict[str, Engine] = {
 
 
 # Precisions an index records that only one family of engines makes.
-_RECORDED_BY = {"trt/": ("trt",), "ov/": ("ov-cpu", "ov-gpu", "ov-npu")}
+RECORDED_BY = {"trt/": ("trt",), "ov/": ("ov-cpu", "ov-gpu", "ov-npu")}
 
 
 def check_recorded(backend: str, precision: str | None) -> None:
     """A one-line error when ``precision`` (e.g. ``ov/bf16``, as an index records it) needs another engine."""
-    for prefix, makers in _RECORDED_BY.items():
+    for prefix, makers in RECORDED_BY.items():
         if precision and precision.startswith(prefix) and backend not in makers:
             raise UserError(f"precision {precision} is made by the {makers[0]} engine, not {backend}; "
                             f"pass --engine {makers[0]}")  # fmt: skip
