@@ -194,6 +194,8 @@ def test_a_full_queue_is_429_with_retry_after(model: ColLFM2, index_dir: Path) -
 
 
 def test_concurrent_clients_all_get_answers(running: _Running) -> None:
+    # 16 connections at once must fit the listen backlog (socketserver's 5 reset one, under load).
+    assert running.server.request_queue_size == running.server.options.max_connections >= 16
     results: list[int] = []
 
     def client(i: int) -> None:

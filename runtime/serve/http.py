@@ -381,6 +381,10 @@ class _Server(ThreadingHTTPServer):
         self._active = 0
         self._idle = threading.Condition()
         self.stopping = threading.Event()  # set before shutdown: event streams end
+        # The listen backlog (socketserver's default is 5): a burst of clients beyond it overflowed
+        # the accept queue, the kernel answered with SYN cookies and a client got a reset instead
+        # of an answer (16 clients at once, tests/test_serve.py). Queue as many as may be served.
+        self.request_queue_size = options.max_connections
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
