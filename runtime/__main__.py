@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -100,5 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_main() -> int:
+    """``main`` for a shell: a reader that stops early (``| head``) ends the command quietly, with
+    status 1, instead of a traceback and a second error when Python flushes stdout at exit."""
+    try:
+        code = main()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main())

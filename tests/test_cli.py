@@ -74,6 +74,17 @@ def test_runtime_preprocess_reports_and_skips_bad_files(tmp_path: Path, tiny_ckp
     assert res.returncode == 2 and res.stderr.count("\n") == 1
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tiny_ckpt: Path) -> None:
+    """``python -m runtime ... | head``: output past what the reader took ends the command quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "tokenize", "--model", str(tiny_ckpt),
+                             *[f"query number {i}" for i in range(3000)]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.read(10)  # well under the ~100 kB it writes: it is still writing when the pipe closes
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == "", err
+
+
 def test_onnx_dry_run_defaults_to_random_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     res = _run("export", "--target", "onnx", "--out", str(out), "--dry-run")
