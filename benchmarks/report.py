@@ -95,12 +95,22 @@ def stage_table(result: dict[str, Any], baseline: str, ratio_fmt: str = ".2f", f
     return lines
 
 
+def hidden_note(m: dict[str, Any]) -> str:
+    """`` (AVX512BF16 hidden: ...)`` where the run hid CPU features (``COLLFM2_CPU_HIDE``), else empty."""
+    if not m.get("hidden"):
+        return ""
+    return (
+        f" ({', '.join(m['hidden'])} hidden with COLLFM2_CPU_HIDE: this repo's choices are those of a CPU "
+        "without them; the libraries' own kernels are unchanged)"
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         f"# collfm2-edge benchmark ({result['created']})",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
+        f"Machine: {m['cpu']}{hidden_note(m)}, {m['cores']} cores, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; "
         f"torch {m['torch']}, onnxruntime {m['onnxruntime']}. Model: {result['config']['model']} "
         f"({'RANDOM weights' if result['config']['model'] in ('random', 'tiny') else 'checkpoint'}).",
         f"Measured in the same run: fp32 GEMM peak {result['gemm_peaks']['fp32']:.1f} GFLOP/s (best of ORT and torch, "

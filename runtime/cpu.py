@@ -12,13 +12,22 @@ AVX-VNNI flag, although MLAS runs an exact VNNI kernel there; the recipes' numbe
 
 The features come from numpy's own CPUID/HWCAP probe, not ``/proc/cpuinfo``: under qemu-user the
 latter is the host's file, while CPUID and the auxiliary vector are the emulated CPU's.
+
+``COLLFM2_CPU_HIDE`` (numpy's names, comma-separated, e.g. ``AVX512BF16``) removes features from
+what this module reports, so a machine takes the decisions a CPU without them takes: the engine
+table's row, OpenVINO's bf16 refusal and hints, the benchmarks' eager bf16. Nothing else changes:
+the libraries still pick their own kernels by CPUID, and every engine here runs fp32 or int8
+kernels unless a bf16 decision asked for more. That is how a bf16 machine measures and tests the
+"AVX-512 VNNI without bf16" row. numpy's own ``NPY_DISABLE_CPU_FEATURES`` cannot hide
+``AVX512BF16`` (not one of its dispatch targets).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 
-__all__ = ["CPU_CLASSES", "cpu_class", "cpu_features", "cpu_host", "cpu_name", "native_bf16"]
+__all__ = ["CPU_CLASSES", "cpu_class", "cpu_features", "cpu_host", "cpu_name", "hidden_features", "native_bf16"]
 
 CPU_CLASSES = {
     "x86_64-avx512vnni": "x86 with AVX-512 VNNI (int8 dot products into int32)",
@@ -29,8 +38,15 @@ CPU_CLASSES = {
 }
 
 
+def hidden_features() -> set[str]:
+    """The features ``COLLFM2_CPU_HIDE`` names (upper-cased numpy names; empty when unset)."""
+    raw = os.environ.get("COLLFM2_CPU_HIDE", "")
+    return {f.strip().upper() for f in raw.replace(" ", ",").split(",") if f.strip()}
+
+
 def cpu_features() -> set[str]:
-    """numpy's names of the SIMD features this CPU has (e.g. ``AVX2``, ``AVX512VNNI``, ``ASIMDDP``)."""
+    """numpy's names of the SIMD features this CPU has (e.g. ``AVX2``, ``AVX512VNNI``, ``ASIMDDP``),
+    less those ``COLLFM2_CPU_HIDE`` names."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as feats
     except ImportError:  # numpy < 2
@@ -38,7 +54,7 @@ def cpu_features() -> set[str]:
             from numpy.core._multiarray_umath import __cpu_features__ as feats
         except ImportError:
             return set()
-    return {k for k, v in feats.items() if v}
+    return {k for k, v in feats.items() if v} - hidden_features()
 
 
 def cpu_class(machine: str | None = None, features: set[str] | None = None) -> str:
@@ -77,9 +93,9 @@ def cpu_name() -> str:
 
 def cpu_host(features: set[str] | None = None) -> dict[str, object]:
     """What reports record about the CPU they ran on: name, class and the features that change
-    which kernels run (AVX-512, bf16, int8 dot products)."""
+    which kernels run (AVX-512, bf16, int8 dot products), and ``hidden`` where some were hidden."""
     feats = cpu_features() if features is None else features
-    return {
+    host: dict[str, object] = {
         "cpu": cpu_name(),
         "cpu_class": cpu_class(features=feats),
         "machine": platform.machine(),
@@ -87,3 +103,6 @@ def cpu_host(features: set[str] | None = None) -> dict[str, object]:
         "bf16": native_bf16(feats),
         "int8_dot": bool({"AVX512VNNI", "AVXVNNI", "ASIMDDP"} & feats),
     }
+    if hidden_features():  # a report measured with features hidden must say so
+        host["hidden"] = sorted(hidden_features())
+    return host

@@ -100,3 +100,24 @@ def test_a_precision_slower_than_fp32_is_named_when_asked_for() -> None:
     assert defaults.slower_than_fp32("ov-cpu", "ov/int8", wo, machine="x86_64") is None
     for row in defaults.TABLE.values():  # the table never defaults to one of them
         assert row.precision is None or defaults.slower_than_fp32(row.engine, row.precision, wo, "x86_64") is None
+
+
+def test_hidden_features_make_this_machine_take_another_rows_decisions(table: None, monkeypatch) -> None:
+    """``COLLFM2_CPU_HIDE`` is how a bf16 machine measures and tests the VNNI-without-bf16 row: every
+    decision reads the masked features, and reports say what was hidden."""
+    from runtime import cpu
+
+    monkeypatch.delenv("COLLFM2_OV_FORCE_BF16", raising=False)
+    monkeypatch.setenv("COLLFM2_CPU_HIDE", "avx512bf16, AVX512VNNI,AVX2")
+    assert cpu.hidden_features() == {"AVX512BF16", "AVX512VNNI", "AVX2"}
+    assert not {"AVX512BF16", "AVX512VNNI", "AVX2"} & cpu.cpu_features()
+    assert not cpu.native_bf16() and cpu.cpu_host()["hidden"] == ["AVX2", "AVX512BF16", "AVX512VNNI"]
+    if cpu.cpu_class().startswith("x86_64"):  # whatever x86 this is, it now takes the SSE row
+        assert defaults.cpu_kind() == cpu.cpu_class() == "x86_64-sse"
+        assert defaults.choose()[1] == defaults.TABLE["x86_64-sse"]
+    with pytest.raises(ov.UserError, match="no native bf16"):
+        ov.resolve(ENGINES["ov-cpu"], "bf16", ["fp32", "int8"])
+    monkeypatch.setenv("COLLFM2_CPU_HIDE", "AVX512BF16")
+    assert "hidden" in cpu.cpu_host() and not cpu.native_bf16()
+    monkeypatch.delenv("COLLFM2_CPU_HIDE")
+    assert cpu.hidden_features() == set() and "hidden" not in cpu.cpu_host()
