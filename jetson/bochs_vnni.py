@@ -78,7 +78,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 export HOME=/root PATH=/bin LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu PYTHONPATH='{pythonpath}'
-export PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+export PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 COLLFM2_OV_CACHE=
 cd '{cwd}'
 flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\\n' | grep -E '^(avx2|avx512f|avx512_vnni)$')
 echo "guest flags:" $flags > /dev/ttyS0
@@ -153,7 +153,9 @@ def kernel(work: Path) -> Path:
 
 def trace(args: list[str], work: Path) -> tuple[list[str], str]:
     out = work / "trace.txt"
-    env = {**os.environ, "COLLFM2_TRACE_OUT": str(out)}
+    # Without OpenVINO's compile cache: a run served from it never loads the ONNX frontend, so the
+    # trace would miss it and the guest (with no cache) could not compile. INIT clears it too.
+    env = {**os.environ, "COLLFM2_TRACE_OUT": str(out), "COLLFM2_OV_CACHE": ""}
     res = subprocess.run([sys.executable, "-c", TRACER, *args], env=env, stdout=subprocess.PIPE, text=True)
     if res.returncode != 0:
         raise SystemExit(f"bochs_vnni: the command already fails here (rc {res.returncode})")

@@ -11,15 +11,17 @@ for 8-bit weights (255 x 127: every pair sum overflows int16) and for the 7-bit 
 arithmetic. Measured (docs/cpu-classes.md): AVX2's ``vpmaddubsw`` clips the first and not the
 second; the SSE4.1 kernel, aarch64 ``sdot``/``udot`` and VNNI's ``vpdpbusd`` (under Bochs,
 ``jetson/bochs_vnni.py``) clip neither. So the probe shows which kernel class really ran, and the
-selftest shows the recipe's answers there. ``candidates`` does the same for the search's candidate
-kernel (``runtime.scoring.score_codes``): its error against exact integers with the query codes
-it uses (+-64) and with 8-bit ones, and a hash of its scores, which must be every CPU's. Runtime
-dependencies only (numpy, onnxruntime), so it runs under emulators (``qemu-x86_64 -cpu ...``,
+selftest shows the recipe's answers there (OpenVINO's too, as ``selftest_ov``, where it is
+installed). ``candidates`` does the same for the search's candidate kernel
+(``runtime.scoring.score_codes``): its error against exact integers with the query codes it uses
+(+-64) and with 8-bit ones, and a hash of its scores, which must be every CPU's. Runtime
+dependencies only (numpy, onnxruntime, and openvino if present), so it runs under emulators (``qemu-x86_64 -cpu ...``,
 ``jetson/qemu_run.sh``, ``jetson/bochs_vnni.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import sys
@@ -128,8 +130,10 @@ def main(argv: list[str]) -> int:
     }
     if len(argv) == 2:
         report["selftest"] = selftest(Path(argv[1]), ["fp32", "int8"], "ort-cpu", 1)
+        if importlib.util.find_spec("openvino") is not None:  # its own VNNI/AVX2 kernels, same recipe
+            report["selftest_ov"] = selftest(Path(argv[1]), ["fp32", "int8"], "ov-cpu", 1)
     print(json.dumps(report, indent=1, default=float))
-    return 0 if report.get("selftest", {"passed": True})["passed"] else 1
+    return 0 if all(report.get(k, {"passed": True})["passed"] for k in ("selftest", "selftest_ov")) else 1
 
 
 if __name__ == "__main__":

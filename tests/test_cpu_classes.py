@@ -17,6 +17,7 @@ What emulation cannot say is how fast anything is on those CPUs.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -234,10 +235,11 @@ BOCHS = ROOT / "jetson" / "bochs_vnni.py"
 
 
 def test_selftest_on_emulated_vnni(x86_host: None, tiny_bundle: Path, host_selftest: dict, probe_models: Path,
-                                   exact_candidates: str) -> None:  # fmt: skip
+                                   exact_candidates: str, request: pytest.FixtureRequest) -> None:  # fmt: skip
     """AVX-512 VNNI, which qemu cannot emulate: Bochs runs this machine's Python on a Tiger Lake
-    (``jetson/bochs_vnni.py``, about 4 min). VNNI must not clip even 8-bit weights (so its
-    ``vpdpbusd`` kernel really ran), and the bundle must give this machine's numbers."""
+    (``jetson/bochs_vnni.py``, a few minutes). VNNI must not clip even 8-bit weights (so its
+    ``vpdpbusd`` kernel really ran), and the bundle must give this machine's numbers, with ONNX
+    Runtime and, where it is installed, OpenVINO."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         _missing("Bochs needs root and apt")
     res = subprocess.run([sys.executable, str(BOCHS), "--timeout", "1500", "--", str(PROBE), str(probe_models),
@@ -250,6 +252,11 @@ def test_selftest_on_emulated_vnni(x86_host: None, tiny_bundle: Path, host_selft
     assert selftest["passed"], selftest
     _same_numbers(selftest, host_selftest, "fp32", 1e-6, 1e-5)
     _same_numbers(selftest, host_selftest, "int8", 2e-4, 5e-3)
+    if importlib.util.find_spec("openvino") is not None:  # OpenVINO's VNNI kernels, same boot
+        ov_report, host_ov = report["selftest_ov"], request.getfixturevalue("host_ov_selftest")
+        assert ov_report["backend"] == "ov-cpu" and ov_report["passed"], ov_report
+        _same_numbers(ov_report, host_ov, "fp32", 1e-6, 1e-5)
+        _same_numbers(ov_report, host_ov, "int8", 2e-4, 5e-3)
 
 
 PREPROCESS = """
