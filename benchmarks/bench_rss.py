@@ -62,7 +62,7 @@ def files_of(manifest: dict[str, Any], precision: str, engine: str = "ort-cpu") 
     if engine.startswith("ov-"):
         from runtime.encoder.ov import PRECISIONS
 
-        return PRECISIONS[precision].bundle_files(manifest["precisions"])
+        return PRECISIONS[precision].bundle_files(manifest)
     entry = manifest["precisions"][precision]
     return [g["file"] for g in entry["graphs"].values()] + [entry["embeddings"]["file"]]
 

@@ -390,5 +390,7 @@ def run(cfg: OnnxConfig, log: Log) -> tuple[Path, bool]:
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     timings["total"] = time.perf_counter() - t_start
     sizes = ", ".join(f"{k} {v['size_bytes'] / 1e6:.0f} MB" for k, v in precisions.items())
+    own = sum(f.stat().st_size for f in (out / "openvino").glob("*")) if (out / "openvino").is_dir() else 0
+    sizes += f", OpenVINO's own graphs {own / 1e6:.0f} MB" if own else ""
     log(f"wrote {out} ({sizes}) in {timings['total']:.1f}s")
     return out, all_passed

@@ -7,6 +7,12 @@ manifest records the result under ``openvino``, with the CPU it was measured on;
 refuses a precision recorded as failing, and ``python -m runtime selftest --engine ov-cpu``
 re-measures on the device. Precisions this CPU cannot run natively (bf16 without AVX512_BF16)
 are left unmeasured, not failed.
+
+A precision's own graphs (``OvPrecision.own``: int8's weight-only graphs) are written here first,
+under ``openvino/``, unless the bundle's graph they would replace was made by the same method
+(then it is used as it is). One that fails its gate is deleted and the graph it replaced is
+gated instead, as the ONNX recipes fall back per graph; the runtime uses an own file only where
+the manifest lists it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 
 from runtime.encoder.defaults import openvino_installed as available
 
-__all__ = ["available", "gate_openvino"]
+__all__ = ["available", "gate_openvino", "write_own_graph"]
 
 
 class _AsSession:
@@ -42,21 +48,34 @@ def gate_openvino(bundle_dir: Path, precisions: dict[str, Any], reference: Any, 
 
     from .validate import graph_fidelity
 
+    def measure(plan: Any, graph: str, rel: str, hint: str) -> dict[str, Any]:
+        # No compile cache: the exporter's graphs are new, and a cache is the device's.
+        runner = ov.OvRunner(ov.compile_graph(bundle_dir / rel, "CPU", hint, None, cache=False))
+        fid, _ = graph_fidelity(_AsSession(runner), getattr(reference, graph))
+        del runner
+        failures = plan.gate.failures(fid.mean_cos, fid.worst_cos, fid.max_abs, unit_norm=graph == "text")
+        log(f"  openvino {plan.name}/{graph}: {rel} ({hint}) {fid}  {'PASS' if not failures else 'FAIL'}")
+        return {"file": rel, "hint": hint, "fidelity": fid.as_dict(), "passed": not failures, "failures": failures}
+
     out: dict[str, Any] = {}
     for name in ov.offered(ENGINES["ov-cpu"], list(precisions)):
         plan = ov.PRECISIONS[name]
         graphs: dict[str, Any] = {}
         for graph, source in plan.files.items():
-            rel = precisions[source]["graphs"][graph]["file"]
-            hint = plan.hint(graph)
-            # No compile cache: the exporter's graphs are new, and a cache is the device's.
-            runner = ov.OvRunner(ov.compile_graph(bundle_dir / rel, "CPU", hint, None, cache=False))
-            fid, _ = graph_fidelity(_AsSession(runner), getattr(reference, graph))
-            del runner
-            failures = plan.gate.failures(fid.mean_cos, fid.worst_cos, fid.max_abs, unit_norm=graph == "text")
-            graphs[graph] = {"file": rel, "hint": hint, "fidelity": fid.as_dict(), "passed": not failures,
-                             "failures": failures}  # fmt: skip
-            log(f"  openvino {name}/{graph}: {rel} ({hint}) {fid}  {'PASS' if not failures else 'FAIL'}")
+            own = plan.own.get(graph)
+            made = precisions[source]["graphs"][graph].get("method")
+            if own is not None and own.source in precisions and made != own.method:
+                write_own_graph(bundle_dir, own, precisions[own.source]["graphs"][graph]["file"], log)
+                graphs[graph] = {**measure(plan, graph, own.file, own.hint), "method": own.method}
+                if graphs[graph]["passed"]:
+                    continue
+                log(f"  openvino {name}/{graph}: its own graph failed; falling back to the {source} graph")
+                (bundle_dir / own.file).unlink()
+                rejected = graphs[graph]
+                graphs[graph] = {**measure(plan, graph, precisions[source]["graphs"][graph]["file"],
+                                           plan.hint(graph)), "rejected": rejected}  # fmt: skip
+                continue
+            graphs[graph] = measure(plan, graph, precisions[source]["graphs"][graph]["file"], plan.hint(graph))
         out[name] = {
             "recorded_as": plan.recorded,
             "gate": {k: v for k, v in asdict(plan.gate).items() if v is not None},
@@ -66,3 +85,13 @@ def gate_openvino(bundle_dir: Path, precisions: dict[str, Any], reference: Any, 
             "openvino": openvino.__version__,
         }
     return out
+
+
+def write_own_graph(bundle_dir: Path, own: Any, source_rel: str, log: Any) -> None:
+    """``own.method`` applied to the bundle's ``source_rel`` graph, written to ``own.file``."""
+    from .quantize import apply_method
+
+    dst = bundle_dir / own.file
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    log(f"  openvino: writing {own.file} ({own.method} of {source_rel}) ...")
+    apply_method(own.method, bundle_dir / source_rel, dst)

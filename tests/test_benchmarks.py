@@ -113,7 +113,7 @@ def test_rss_benchmark_of_openvino(tiny_bundle: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r) == {"ov-cpu-fp32", "ov-cpu-int8"}
-    # int8: the fp32 vision graph, the int8 text graph and its fp16 table.
+    # int8: weight-only int8 graphs and the int8 precision.s fp16 table.
     assert r["ov-cpu-int8"]["files_mb"] < r["ov-cpu-fp32"]["files_mb"]
 
 

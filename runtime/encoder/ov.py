@@ -1,7 +1,7 @@
 """OpenVINO runners (``ov-cpu``, and ``ov-gpu`` / ``ov-npu`` passed through as device names).
 
-They compile the bundle's own ONNX graphs; no other files are needed. An OpenVINO precision is
-a choice of graph file and inference hint per graph (``PRECISIONS``):
+They compile the bundle's own ONNX graphs, no IR. An OpenVINO precision is a choice of graph
+file and inference hint per graph (``PRECISIONS``):
 
 - ``fp32``: the fp32 graphs with the f32 hint. The hint is set explicitly: on a CPU with native
   bf16 (AVX512_BF16, AMX) OpenVINO's own default is bf16. Its vectors are gated like ONNX
@@ -9,10 +9,15 @@ a choice of graph file and inference hint per graph (``PRECISIONS``):
   can search it.
 - ``bf16``: the fp32 graphs with the bf16 hint, only where the CPU computes bf16 natively; an
   emulated bf16 is slower than fp32, so it is refused elsewhere.
-- ``int8``: the text graph of the bundle's ``int8`` precision (int8 weights: ``MatMulInteger``,
-  whose integers OpenVINO computes as ONNX Runtime does, or the weight-only ``MatMulNBits``, whose
-  activations OpenVINO quantises per group of 32) and the fp32 vision graph, in bf16 where the CPU
-  has it natively: OpenVINO runs the dynamic-int8 vision graph at 0.42x ONNX Runtime's fp32.
+- ``int8``: weight-only int8 graphs (``MatMulNBits``, block 32), whose activations OpenVINO
+  quantises per group of 32 on the fly. OpenVINO runs ONNX Runtime's dynamic-int8 graphs
+  (``MatMulInteger``) slower than its own fp32 (vision 0.42x ONNX Runtime's fp32; a query's text
+  graph 1.1x slower than OpenVINO fp32), and weight-only ones 1.7x (vision) to 1.5x (text) faster.
+  So the exporter, when OpenVINO is installed, writes OpenVINO's own graphs under ``openvino/``
+  (``OvPrecision.own``) unless the bundle's int8 graph is already weight-only (ONNX Runtime's
+  text graph often is: its gate falls back to it). A bundle without them (exported before, or
+  with ``--no-openvino-gate``) runs the int8 text graph and the fp32 vision graph, in bf16 where
+  the CPU has it natively.
 
 ``bf16`` and ``int8`` vectors differ from ONNX Runtime's, so an index records them as
 ``ov/bf16`` and ``ov/int8``; they are judged by the reduced-precision gate (at export,
@@ -27,7 +32,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +44,23 @@ from ..parity import FP32_GATE, REDUCED_GATE, Gate
 from .defaults import choose
 from .runner import Engine, Loaded
 
-__all__ = ["PRECISIONS", "OvPrecision", "OvRunner", "cache_dir", "load", "native_bf16", "offered", "resolve"]
+__all__ = [
+    "PRECISIONS", "OvPrecision", "OvRunner", "OwnGraph", "cache_dir", "load", "native_bf16", "offered", "resolve",
+]  # fmt: skip
 
 INSTALL = "OpenVINO is not installed: pip install 'collfm2-edge[openvino]' (or pip install openvino)"
 DEVICES = {"ov-cpu": "CPU", "ov-gpu": "GPU", "ov-npu": "NPU"}
+
+
+@dataclass(frozen=True)
+class OwnGraph:
+    """A graph file the exporter writes for OpenVINO alone: ``method`` (an ``export.quantize``
+    method) applied to the ``source`` precision's graph, run with ``hint``."""
+
+    file: str
+    source: str
+    method: str
+    hint: str
 
 
 @dataclass(frozen=True)
@@ -54,12 +72,20 @@ class OvPrecision:
     gate: Gate
     needs_bf16: bool = False
     cpu: bool = True  # offered on ov-cpu
+    own: dict[str, OwnGraph] = field(default_factory=dict)  # graph -> OpenVINO's own file, where the bundle has it
 
-    def bundle_files(self, precisions: dict[str, Any]) -> list[str]:
-        """The bundle files it loads, from the manifest's ``precisions``: each graph's file and the
-        text graph's embedding table."""
-        graphs = [precisions[src]["graphs"][graph]["file"] for graph, src in self.files.items()]
-        return [*graphs, precisions[self.files["text"]]["embeddings"]["file"]]
+    def graph_file(self, graph: str, manifest: dict[str, Any], features: set[str] | None = None) -> tuple[str, str]:
+        """(bundle-relative file, inference hint) that runs ``graph`` with this bundle: OpenVINO's
+        own file where the manifest lists it, else the ``files`` precision's graph."""
+        own = self.own.get(graph)
+        if own is not None and own.file in manifest.get("files", {}):
+            return own.file, own.hint
+        return manifest["precisions"][self.files[graph]]["graphs"][graph]["file"], self.hint(graph, features)
+
+    def bundle_files(self, manifest: dict[str, Any]) -> list[str]:
+        """The bundle files it loads: each graph's file and the text graph's embedding table."""
+        graphs = [self.graph_file(graph, manifest)[0] for graph in self.files]
+        return [*graphs, manifest["precisions"][self.files["text"]]["embeddings"]["file"]]
 
     def hint(self, graph: str, features: set[str] | None = None) -> str:
         hint = self.hints[graph]
@@ -73,7 +99,15 @@ PRECISIONS: dict[str, OvPrecision] = {
         OvPrecision("fp32", _FP32, {"vision": "f32", "text": "f32"}, "fp32", FP32_GATE),
         OvPrecision("bf16", _FP32, {"vision": "bf16", "text": "bf16"}, "ov/bf16", REDUCED_GATE, needs_bf16=True),
         OvPrecision(
-            "int8", {"vision": "fp32", "text": "int8"}, {"vision": "bf16?", "text": "f32"}, "ov/int8", REDUCED_GATE
+            "int8",
+            {"vision": "fp32", "text": "int8"},
+            {"vision": "bf16?", "text": "f32"},
+            "ov/int8",
+            REDUCED_GATE,
+            own={
+                "vision": OwnGraph("openvino/int8-vision.onnx", "fp32", "weight-only-int8", "f32"),
+                "text": OwnGraph("openvino/int8-text.onnx", "fp32", "weight-only-int8", "f32"),
+            },
         ),
         # GPUs and NPUs compute in fp16; the x86 CPUs we target do not (AVX512_FP16 aside).
         OvPrecision("fp16", _FP32, {"vision": "f16", "text": "f16"}, "ov/fp16", REDUCED_GATE, cpu=False),
@@ -104,6 +138,9 @@ def resolve(engine: Engine, precision: str | None, bundle_precisions: Sequence[s
     if precision is None and engine.device == "cpu":
         _, row = choose(features)  # the table's precision where it picked this engine
         precision = row.precision if row.engine == engine.name and row.precision else "fp32"
+        wanted = PRECISIONS.get(precision)
+        if wanted is not None and not set(wanted.files.values()) <= set(bundle_precisions):
+            precision = "fp32"  # an fp32-only bundle under a row that chose int8: fp32, as ONNX Runtime's rule does
     elif precision is None:
         precision = "fp16"
     name = precision[3:] if precision.startswith("ov/") else precision
@@ -197,13 +234,14 @@ def load(
         raise ModelFilesError(f"{bundle.path}: OpenVINO {chosen.name} failed its gate at export on "
                               f"{gated.get('measured_on', '?')} ({why}); use --precision fp32, or check this machine "
                               f"with python -m runtime selftest --engine {engine.name}")  # fmt: skip
-    bundle.verify_files(chosen.bundle_files(bundle.manifest["precisions"]))
+    bundle.verify_files(chosen.bundle_files(bundle.manifest))
     device = DEVICES[engine.name]
     runners: dict[str, Any] = {}
     graphs: dict[str, Any] = {}
     for graph, source in chosen.files.items():
-        spec = dict(bundle.precision(source)["graphs"][graph])
-        runners[graph] = OvRunner(compile_graph(bundle.file(spec["file"]), device, chosen.hint(graph), threads))
+        rel, hint = chosen.graph_file(graph, bundle.manifest)
+        spec = {**bundle.precision(source)["graphs"][graph], "file": rel}  # OpenVINO's own file: the same I/O
+        runners[graph] = OvRunner(compile_graph(bundle.file(rel), device, hint, threads))
         graphs[graph] = spec
     # The text graph's own embedding table goes with it.
     text_entry = bundle.precision(chosen.files["text"])
