@@ -101,6 +101,27 @@ def test_rss_benchmark_json(tiny_bundle: Path, tmp_path: Path) -> None:
         assert list(steps) == ["start", "imported", "loaded", "query", "page_512", "page_a4"]
         assert r[p]["files_mb"] > 0 and r[p]["peak_rss_mb"] >= r[p]["peak_rss_mb_query_and_512"] > 0
         assert r[p]["ratio"] == r[p]["peak_rss_mb"] / r[p]["files_mb"]
+        assert 0 < r[p]["peak_anon_mb"] <= r[p]["peak_rss_mb"]
+
+
+def test_rss_benchmark_in_a_memory_limit(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``--limit-mb``: a child that fits finishes, one that does not is recorded as killed."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    memcg = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").is_file() or (
+        v2.is_file() and "memory" in v2.read_text().split()
+    )
+    if os.geteuid() != 0 or not memcg:
+        pytest.skip("needs root and a memory cgroup")
+    for limit, finished in ((2048, True), (40, False)):
+        out = tmp_path / f"rss-{limit}.json"
+        cmd = [sys.executable, "benchmarks/bench_rss.py", "--bundle", str(tiny_bundle), "--precisions", "fp32",
+               "--limit-mb", str(limit), "--out", str(out)]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert res.returncode == 0, res.stderr[-3000:]
+        lim = json.loads(out.read_text())["fp32"]["limited"]
+        assert lim["limit_mb"] == limit and lim["finished"] is finished and lim["seconds"] > 0, lim
+        assert (lim["steps"] is not None) is finished
+        assert f"{limit} MB: {'finished' if finished else 'killed'}" in res.stdout
 
 
 def test_rss_benchmark_of_openvino(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -113,7 +134,7 @@ def test_rss_benchmark_of_openvino(tiny_bundle: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r) == {"ov-cpu-fp32", "ov-cpu-int8"}
-    # int8: weight-only int8 graphs and the int8 precision.s fp16 table.
+    # int8: weight-only int8 graphs and the int8 precision's fp16 table.
     assert r["ov-cpu-int8"]["files_mb"] < r["ov-cpu-fp32"]["files_mb"]
 
 
