@@ -121,3 +121,10 @@ def test_hidden_features_make_this_machine_take_another_rows_decisions(table: No
     assert "hidden" in cpu.cpu_host() and not cpu.native_bf16()
     monkeypatch.delenv("COLLFM2_CPU_HIDE")
     assert cpu.hidden_features() == set() and "hidden" not in cpu.cpu_host()
+
+
+def test_a_row_that_chose_int8_runs_fp32_on_a_bundle_without_int8(table: None, monkeypatch) -> None:
+    kind = defaults.cpu_kind(VNNI, "x86_64")
+    monkeypatch.setitem(defaults.TABLE, kind, defaults.Default("ov-cpu", "int8", "", "a test row"))
+    assert ov.resolve(ENGINES["ov-cpu"], None, ["fp32", "int8"], features=VNNI).name == "int8"
+    assert ov.resolve(ENGINES["ov-cpu"], None, ["fp32"], features=VNNI).name == "fp32"
