@@ -86,7 +86,7 @@ def test_each_precision_passes_its_gate_and_matches_onnx_runtime(
     np.testing.assert_allclose(got(**queries), ref(**queries), atol=1e-5)
     # int8: weight-only graphs, within the reduced-precision gate of fp32; queries never touch vision.
     q8 = ColLFM2.from_pretrained(tiny_bundle, precision="int8", backend="ov-cpu")
-    assert q8.precision == "ov/int8" and "text" in q8.one_at_a_time and "vision" not in q8.one_at_a_time
+    assert q8.precision == "ov/int8" and not q8.one_at_a_time  # weight-only graphs batch
     for inputs in (queries, batch):
         want = ref(**inputs)
         cos = (q8(**inputs) * want).sum(-1)[want.any(-1)]  # unit rows; padding rows are 0
@@ -209,6 +209,16 @@ def test_int8_runs_openvinos_own_vision_graph_and_a_bundle_without_it_still_runs
         got = model(**batch)
         cos = (got * ref).sum(-1)[ref.any(-1)]  # unit rows
         assert cos.min() > 0.98, cos.min()
+    # Weight-only graphs are batched (OpenVINO quantises activations per token), and a query's
+    # rows do not depend on what shares its batch.
+    assert "text" not in with_own.one_at_a_time and "vision" not in with_own.one_at_a_time
+    texts = ["total amount due", "a much longer query about the quarterly revenue chart"]
+    both = with_own(**proc.process_queries(texts))
+    for i, text in enumerate(texts):
+        alone = with_own(**proc.process_queries([text]))[0]
+        n = int(alone.any(-1).sum())
+        got = both[i][both[i].any(-1)]
+        np.testing.assert_allclose(got, alone[alone.any(-1)], atol=2e-5, err_msg=f"{text!r}: {n} rows")
 
 
 def test_an_own_graph_that_fails_its_gate_falls_back_to_the_graph_it_replaced(

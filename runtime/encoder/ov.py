@@ -240,7 +240,10 @@ def load(
     graphs: dict[str, Any] = {}
     for graph, source in chosen.files.items():
         rel, hint = chosen.graph_file(graph, bundle.manifest)
-        spec = {**bundle.precision(source)["graphs"][graph], "file": rel}  # OpenVINO's own file: the same I/O
+        spec = dict(bundle.precision(source)["graphs"][graph])
+        own = chosen.own.get(graph)
+        if own is not None and rel == own.file:  # the same I/O; its method decides how it is batched
+            spec.update(file=rel, method=own.method)
         runners[graph] = OvRunner(compile_graph(bundle.file(rel), device, hint, threads))
         graphs[graph] = spec
     # The text graph's own embedding table goes with it.
