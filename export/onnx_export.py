@@ -74,7 +74,10 @@ def plan(cfg: OnnxConfig) -> list[str]:
     from .ov_gate import available
 
     if cfg.openvino and available():
-        steps.append("openvino  gate each precision OpenVINO offers on this CPU on the same grid (--no-openvino-gate)")
+        steps.append(
+            "openvino  write OpenVINO's own weight-only int8 graphs where the bundle lacks them, "
+            "and gate each precision OpenVINO offers on this CPU on the same grid (--no-openvino-gate)"
+        )
     if cfg.validate:
         steps.append("validate  every graph and the whole ORT pipeline against the reference")
     steps.append(f"package   {cfg.out} (manifest.json with sha256 of every file; atomic rename)")
