@@ -65,12 +65,17 @@ def gate_openvino(bundle_dir: Path, precisions: dict[str, Any], reference: Any, 
             own = plan.own.get(graph)
             made = precisions[source]["graphs"][graph].get("method")
             if own is not None and own.source in precisions and made != own.method:
-                write_own_graph(bundle_dir, own, precisions[own.source]["graphs"][graph]["file"], log)
-                graphs[graph] = {**measure(plan, graph, own.file, own.hint), "method": own.method}
+                try:
+                    write_own_graph(bundle_dir, own, precisions[own.source]["graphs"][graph]["file"], log)
+                    graphs[graph] = {**measure(plan, graph, own.file, own.hint), "method": own.method}
+                except Exception as exc:  # a quantiser or compiler error: the graph it replaces still runs
+                    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                    graphs[graph] = {"file": own.file, "method": own.method, "passed": False, "failures": [reason]}
                 if graphs[graph]["passed"]:
                     continue
-                log(f"  openvino {name}/{graph}: its own graph failed; falling back to the {source} graph")
-                (bundle_dir / own.file).unlink()
+                log(f"  openvino {name}/{graph}: its own graph failed ({'; '.join(graphs[graph]['failures'])}); "
+                    f"falling back to the {source} graph")  # fmt: skip
+                (bundle_dir / own.file).unlink(missing_ok=True)
                 rejected = graphs[graph]
                 graphs[graph] = {**measure(plan, graph, precisions[source]["graphs"][graph]["file"],
                                            plan.hint(graph)), "rejected": rejected}  # fmt: skip

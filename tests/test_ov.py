@@ -261,4 +261,13 @@ def test_an_own_graph_that_fails_its_gate_falls_back_to_the_graph_it_replaced(
     assert vision["file"] == "fp32/vision.onnx" and vision["hint"] == "f32" and vision["passed"], vision
     assert vision["rejected"]["file"] == own.file and not vision["rejected"]["passed"], vision
     assert not (b / own.file).exists() and gates["int8"]["passed"]
-    assert any("its own graph failed; falling back to the fp32 graph" in line for line in logged), logged
+    assert any("its own graph failed (" in line and "falling back to the fp32 graph" in line for line in logged)
+
+    def broken(bundle_dir: Path, own_graph: ov.OwnGraph, source_rel: str, log) -> None:
+        (bundle_dir / own_graph.file).write_bytes(b"half a graph")
+        raise RuntimeError("the quantiser gave up")
+
+    monkeypatch.setattr(ov_gate, "write_own_graph", broken)
+    vision = ov_gate.gate_openvino(b, precisions, ref, logged.append)["int8"]["graphs"]["vision"]
+    assert vision["file"] == "fp32/vision.onnx" and vision["passed"], vision
+    assert vision["rejected"]["failures"] == ["RuntimeError: the quantiser gave up"] and not (b / own.file).exists()
