@@ -64,6 +64,7 @@ def gate_openvino(bundle_dir: Path, precisions: dict[str, Any], reference: Any, 
         for graph, source in plan.files.items():
             own = plan.own.get(graph)
             made = precisions[source]["graphs"][graph].get("method")
+            replaced = (precisions[source]["graphs"][graph]["file"], plan.hint(graph))  # what runs without it
             if own is not None and own.source in precisions and made != own.method:
                 try:
                     write_own_graph(bundle_dir, own, precisions[own.source]["graphs"][graph]["file"], log)
@@ -77,10 +78,9 @@ def gate_openvino(bundle_dir: Path, precisions: dict[str, Any], reference: Any, 
                     f"falling back to the {source} graph")  # fmt: skip
                 (bundle_dir / own.file).unlink(missing_ok=True)
                 rejected = graphs[graph]
-                graphs[graph] = {**measure(plan, graph, precisions[source]["graphs"][graph]["file"],
-                                           plan.hint(graph)), "rejected": rejected}  # fmt: skip
+                graphs[graph] = {**measure(plan, graph, *replaced), "rejected": rejected}
                 continue
-            graphs[graph] = measure(plan, graph, precisions[source]["graphs"][graph]["file"], plan.hint(graph))
+            graphs[graph] = measure(plan, graph, *replaced)
         out[name] = {
             "recorded_as": plan.recorded,
             "gate": {k: v for k, v in asdict(plan.gate).items() if v is not None},

@@ -103,6 +103,7 @@ def cpu_host(features: set[str] | None = None) -> dict[str, object]:
         "bf16": native_bf16(feats),
         "int8_dot": bool({"AVX512VNNI", "AVXVNNI", "ASIMDDP"} & feats),
     }
-    if hidden_features():  # a report measured with features hidden must say so
-        host["hidden"] = sorted(hidden_features())
+    hidden = hidden_features()
+    if hidden:  # a report measured with features hidden must say so
+        host["hidden"] = sorted(hidden)
     return host

@@ -74,13 +74,22 @@ class OvPrecision:
     cpu: bool = True  # offered on ov-cpu
     own: dict[str, OwnGraph] = field(default_factory=dict)  # graph -> OpenVINO's own file, where the bundle has it
 
+    def own_graph(self, graph: str, manifest: dict[str, Any]) -> OwnGraph | None:
+        """OpenVINO's own graph for ``graph``, where this bundle's manifest lists its file."""
+        own = self.own.get(graph)
+        return own if own is not None and own.file in manifest.get("files", {}) else None
+
     def graph_file(self, graph: str, manifest: dict[str, Any], features: set[str] | None = None) -> tuple[str, str]:
         """(bundle-relative file, inference hint) that runs ``graph`` with this bundle: OpenVINO's
         own file where the manifest lists it, else the ``files`` precision's graph."""
-        own = self.own.get(graph)
-        if own is not None and own.file in manifest.get("files", {}):
+        own = self.own_graph(graph, manifest)
+        if own is not None:
             return own.file, own.hint
         return manifest["precisions"][self.files[graph]]["graphs"][graph]["file"], self.hint(graph, features)
+
+    def missing(self, bundle_precisions: Sequence[str]) -> list[str]:
+        """The bundle precisions whose graphs it needs and the bundle lacks."""
+        return sorted(set(self.files.values()) - set(bundle_precisions))
 
     def bundle_files(self, manifest: dict[str, Any]) -> list[str]:
         """The bundle files it loads: each graph's file and the text graph's embedding table."""
@@ -139,7 +148,7 @@ def resolve(engine: Engine, precision: str | None, bundle_precisions: Sequence[s
         _, row = choose(features)  # the table's precision where it picked this engine
         precision = row.precision if row.engine == engine.name and row.precision else "fp32"
         wanted = PRECISIONS.get(precision)
-        if wanted is not None and not set(wanted.files.values()) <= set(bundle_precisions):
+        if wanted is not None and wanted.missing(bundle_precisions):
             precision = "fp32"  # an fp32-only bundle under a row that chose int8: fp32, as ONNX Runtime's rule does
     elif precision is None:
         precision = "fp16"
@@ -153,7 +162,7 @@ def resolve(engine: Engine, precision: str | None, bundle_precisions: Sequence[s
     if cpu and chosen.needs_bf16 and not native_bf16(features):
         raise UserError(f"{engine.name}: this CPU has no native bf16 (AVX512_BF16 or AMX); emulated bf16 is slower "
                         "than fp32, so use --precision fp32 or int8")  # fmt: skip
-    missing = sorted(set(chosen.files.values()) - set(bundle_precisions))
+    missing = chosen.missing(bundle_precisions)
     if missing:
         raise ModelFilesError(f"{engine.name} {name} needs the bundle's {' and '.join(missing)} graphs; re-export with "
                               f"--precision {','.join(sorted(set(chosen.files.values())))}")  # fmt: skip
@@ -241,9 +250,9 @@ def load(
     for graph, source in chosen.files.items():
         rel, hint = chosen.graph_file(graph, bundle.manifest)
         spec = dict(bundle.precision(source)["graphs"][graph])
-        own = chosen.own.get(graph)
-        if own is not None and rel == own.file:  # the same I/O; its method decides how it is batched
-            spec.update(file=rel, method=own.method)
+        own = chosen.own_graph(graph, bundle.manifest)
+        if own is not None:  # the same I/O; its method decides how it is batched
+            spec.update(file=own.file, method=own.method)
         runners[graph] = OvRunner(compile_graph(bundle.file(rel), device, hint, threads))
         graphs[graph] = spec
     # The text graph's own embedding table goes with it.
