@@ -103,9 +103,18 @@ def test_a_precision_slower_than_fp32_is_named_when_asked_for() -> None:
     assert defaults.slower_than_fp32("ort-cpu", "int8", wo, machine="aarch64") is None  # int8 reads 1/4 the weights
     assert defaults.slower_than_fp32("ort-cpu", "int8", dyn, machine="x86_64") is None
     assert "slower than fp32" in defaults.slower_than_fp32("ort-cpu", "fp16", [], machine="x86_64")
-    assert defaults.slower_than_fp32("ov-cpu", "ov/int8", wo, machine="x86_64") is None
-    for row in defaults.TABLE.values():  # the table never defaults to one of them
-        assert row.precision is None or defaults.slower_than_fp32(row.engine, row.precision, wo, "x86_64") is None
+    assert defaults.slower_than_fp32("ov-cpu", "ov/int8", wo, machine="x86_64", features=VNNI) is None
+    note = defaults.slower_than_fp32("ov-cpu", "ov/int8", wo, machine="x86_64", features=AVX2)
+    assert note and "VNNI" in note and "--precision fp32" in note and "\n" not in note
+    assert defaults.slower_than_fp32("ov-cpu", "int8", wo, machine="x86_64", features=set()) == note  # SSE
+    assert defaults.slower_than_fp32("ov-cpu", "ov/int8", wo, machine="aarch64", features=set()) is None
+    kinds = {"x86_64-avx512vnni+bf16": ("x86_64", BF16), "x86_64-avx512vnni": ("x86_64", VNNI),
+             "x86_64-avx2": ("x86_64", AVX2), "x86_64-sse": ("x86_64", set()),
+             "aarch64-dotprod": ("aarch64", {"ASIMD", "ASIMDDP"}), "aarch64": ("aarch64", {"ASIMD"})}  # fmt: skip
+    for kind, row in defaults.TABLE.items():  # the table never defaults to one of them
+        machine, feats = kinds[kind]
+        assert defaults.cpu_kind(feats, machine) == kind
+        assert row.precision is None or defaults.slower_than_fp32(row.engine, row.precision, wo, machine, feats) is None
 
 
 def test_hidden_features_make_this_machine_take_another_rows_decisions(table: None, monkeypatch) -> None:

@@ -80,6 +80,8 @@ TABLE: dict[str, Default] = {
     "aarch64-dotprod": Default("ort-cpu", None, "", "speed unmeasured on aarch64 (emulation only); " + _ORT_RULE),
     "aarch64": Default("ort-cpu", None, "", "speed unmeasured on aarch64 (emulation only); " + _ORT_RULE),
 }
+# x86 classes without AVX-512 VNNI, where OpenVINO's int8 measured no faster than fp32 (AVX2_RUN)
+NO_VNNI = ("x86_64-avx2", "x86_64-sse")
 FALLBACK = Default("ort-cpu", None, "", "a CPU the table does not know; " + _ORT_RULE)
 
 
@@ -118,12 +120,25 @@ def engine_for(precision: str | None, features: set[str] | None = None) -> str:
     return "ort-cpu"  # the bundle's own int8, fp16, int8-qdq graphs
 
 
-def slower_than_fp32(engine: str, precision: str, int8_methods: list[str], machine: str | None = None) -> str | None:
+def slower_than_fp32(
+    engine: str,
+    precision: str,
+    int8_methods: list[str],
+    machine: str | None = None,
+    features: set[str] | None = None,
+) -> str | None:
     """Why ``precision`` on ``engine`` is slower than fp32 on this kind of CPU (a one-line warning
     for a user who asked for it), or None. Each case was measured; the table never defaults to one."""
     import platform
 
-    x86 = (machine or platform.machine()).lower() in ("x86_64", "amd64")
+    machine = machine or platform.machine()
+    x86 = machine.lower() in ("x86_64", "amd64")
+    ov_int8 = engine == "ov-cpu" and precision in ("int8", "ov/int8")
+    if ov_int8 and x86 and cpu_class(machine, features) in NO_VNNI:
+        return (
+            "without AVX-512 VNNI OpenVINO's int8 measured no faster than fp32 (a page ties, a 64-token query "
+            "1.4x slower, " + AVX2_RUN + "); --precision fp32 with --engine ort-cpu is faster"
+        )
     if engine == "ort-cpu" and precision == "int8" and x86 and "weight-only-int8" in int8_methods:
         return (
             "this bundle's int8 text graph is weight-only (MatMulNBits), which ONNX Runtime runs slower than fp32 "
