@@ -134,7 +134,7 @@ def slower_than_fp32(
     machine = machine or platform.machine()
     x86 = machine.lower() in ("x86_64", "amd64")
     ov_int8 = engine == "ov-cpu" and precision in ("int8", "ov/int8")
-    if ov_int8 and x86 and cpu_class(machine, features) in NO_VNNI:
+    if ov_int8 and cpu_class(machine, features) in NO_VNNI:  # both classes are x86 only
         return (
             "without AVX-512 VNNI OpenVINO's int8 measured no faster than fp32 (a page ties, a 64-token query "
             "1.4x slower, " + AVX2_RUN + "); --precision fp32 with --engine ort-cpu is faster"
