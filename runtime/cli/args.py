@@ -25,7 +25,9 @@ def backend_arg(p: argparse.ArgumentParser, stores: bool) -> None:
         "--engine",
         choices=tuple(ENGINES),
         default=None,
-        help="what runs the graphs: " + "; ".join(f"{e.name}: {e.help}" for e in ENGINES.values()),
+        help="what runs the graphs (default: the engine an index's precision needs, else this CPU's row of the "
+        "engine table, which 'python -m runtime selftest' prints): "
+        + "; ".join(f"{e.name}: {e.help}" for e in ENGINES.values()),
     )
     if stores:
         p.add_argument(
@@ -91,7 +93,7 @@ def bundle_args(p: argparse.ArgumentParser, required: bool) -> None:
         "--bundle", type=path_arg, required=required, help="ONNX bundle directory (python -m export --target onnx)"
     )
     p.add_argument("--precision", help="bundle precision (default: the one this CPU runs best, see README)")
-    p.add_argument("--threads", type=positive, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=positive, help="threads the engine computes with (default: all cores)")
 
 
 def store_args(p: argparse.ArgumentParser) -> None:

@@ -81,7 +81,7 @@ def add_parsers(sub: Any) -> None:
         "--bundle", type=path_arg, required=True, help="ONNX bundle directory (python -m export --target onnx)"
     )
     st.add_argument("--precision", help="comma-separated precisions to check (default: every one the bundle has)")
-    st.add_argument("--threads", type=positive, help="ONNX Runtime threads (default: all cores)")
+    st.add_argument("--threads", type=positive, help="threads the engine computes with (default: all cores)")
     st.add_argument("--json", action="store_true", help="print the report as JSON")
     backend_arg(st, stores=False)
 

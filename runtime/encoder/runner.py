@@ -56,7 +56,7 @@ _CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
 ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (
-        Engine("ort-cpu", "ort", "cpu", ("CPUExecutionProvider",), "ONNX Runtime on the CPU (default)"),
+        Engine("ort-cpu", "ort", "cpu", ("CPUExecutionProvider",), "ONNX Runtime on the CPU"),
         Engine("ort-cuda", "ort", "gpu", _CUDA, "ONNX Runtime, CUDA provider"),
         Engine("ort-trt", "ort", "gpu", ("TensorrtExecutionProvider", *_CUDA), "ONNX Runtime, TensorRT provider"),
         Engine("trt", "trt", "gpu", (), "native TensorRT engines (python -m export --target trt)", own_precision=True),
